@@ -1,0 +1,36 @@
+# svrl: `make run` runs the whole pipeline on the default config, `make test` the test suite.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.svrl-setup-done
+SYSTEM_PACKAGES := git g++ make python3-venv
+export PYTHONUNBUFFERED := 1
+
+.PHONY: setup run test bench ui ui-down clean-outputs
+
+setup: $(STAMP)
+
+$(STAMP): requirements.lock pyproject.toml Makefile
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
+	test -x $(PY) || python3.11 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m svrl_core.training.engine  # compile DeepSpeed's CPU comm op once, into the venv
+	touch $(STAMP)
+
+run: setup
+	$(PY) -m flows.server exec $(PY) -m flows.pipeline
+	@echo "Report: reports/report.md"
+
+test: setup
+	$(PY) -m pytest -q tests
+
+bench: setup
+	$(PY) -m bench.learning
+
+ui: setup
+	$(PY) -m flows.server up
+
+ui-down:
+	$(PY) -m flows.server down

@@ -1,0 +1,43 @@
+"""Command-line entry for a stage flow: `python -m flows.<stage> [--params params.yaml]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+import torch
+
+from svrl_core.config import ConfigError
+from svrl_core.data import DatasetError
+from svrl_core.policies import CheckpointError
+
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError)
+
+
+def run_stage(flow: Callable[..., object]) -> None:
+    parser = argparse.ArgumentParser(description=flow.__doc__)
+    parser.add_argument("--params", default="params.yaml", help="path to params.yaml")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    torch.set_num_threads(1)
+    try:
+        flow(params_path=args.params)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    """`svrl STAGE [--params PATH]` where STAGE is a dvc.yaml stage or `pipeline`."""
+    import importlib
+
+    from flows.pipeline import STAGE_FLOWS, pipeline_flow
+
+    flows = {**STAGE_FLOWS, "pipeline": pipeline_flow}
+    if len(sys.argv) < 2 or sys.argv[1] not in flows:
+        sys.exit(f"usage: svrl {{{'|'.join(flows)}}} [--params PATH]")
+    name = sys.argv.pop(1)
+    importlib.import_module("flows.settings")
+    run_stage(flows[name])

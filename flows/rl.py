@@ -1,0 +1,30 @@
+from pathlib import Path
+
+from prefect import flow
+
+from flows.cli import run_stage
+from svrl_core.config import load_params
+from svrl_core.io import write_json_atomic
+from tasks.stages import train_rl_policy, write_metrics
+from tasks.tracking import tracking_run
+
+SUMMARY_KEYS = ("success_rate", "kept_group_fraction", "env_steps_per_s")
+
+
+@flow(name="rl")
+def rl_flow(params_path: str = "params.yaml") -> dict:
+    """GRPO from the SFT policy with a binary success reward (SimpleVLA-RL)."""
+    params = load_params(params_path)
+    with tracking_run("rl", params) as run:
+        history = train_rl_policy(params, lambda row: run.log({f"rl/{k}": v for k, v in row.items()},
+                                                              step=row["iteration"]))
+    write_json_atomic(Path(params.paths.plots) / "rl_history.json", history)
+    first, last = history[0], history[-1]
+    summary = {"iterations": len(history), "env_steps": sum(r["env_steps"] for r in history),
+               **{f"first_{k}": first[k] for k in SUMMARY_KEYS}, **{f"last_{k}": last[k] for k in SUMMARY_KEYS}}
+    write_metrics(params, "rl", summary)
+    return summary
+
+
+if __name__ == "__main__":
+    run_stage(rl_flow)

@@ -1,0 +1,1 @@
+"""svrl core library: envs, data, policies, GRPO, evaluation, export. No Prefect, no DVC."""

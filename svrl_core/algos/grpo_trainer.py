@@ -1,0 +1,159 @@
+"""The GRPO training loop: rollout groups, dynamic sampling, clipped updates through DeepSpeed."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from svrl_core.algos.grpo import clipped_policy_loss, group_advantages, keep_mixed_groups
+from svrl_core.config import RlConfig
+from svrl_core.policies import PolicyInputs, VLAPolicy, token_log_probs
+from svrl_core.progress import Progress
+from svrl_core.rollout import EnvPool, EpisodeRequest, RolloutStats, Trajectory, run_episodes
+from svrl_core.training import DeepSpeedTrainer
+
+logger = logging.getLogger("svrl")
+INFERENCE_BATCH = 512
+
+
+@dataclass
+class PromptSampler:
+    """Hands out (task, initial state) prompts in a fixed order, from `seed_start` on."""
+
+    tasks: list[str]
+    seed_start: int
+    cursor: int = 0
+
+    def next_requests(self, n_prompts: int, group_size: int) -> list[EpisodeRequest]:
+        requests = []
+        for _ in range(n_prompts):
+            task = self.tasks[self.cursor % len(self.tasks)]
+            seed = self.seed_start + self.cursor
+            requests += [EpisodeRequest(task, seed, group=self.cursor)] * group_size
+            self.cursor += 1
+        return requests
+
+
+def collect_mixed_groups(policy: VLAPolicy, pool: EnvPool, sampler: PromptSampler, cfg: RlConfig,
+                         generator: torch.Generator, stats: RolloutStats) -> tuple[list[Trajectory], dict]:
+    """Roll out batches until `min_valid_groups` groups have mixed rewards (or refills run out)."""
+    kept: list[Trajectory] = []
+    n_groups = n_success = n_episodes = refills = 0
+    for attempt in range(cfg.max_refills + 1):
+        requests = sampler.next_requests(cfg.prompts_per_batch, cfg.group_size)
+        trajectories = run_episodes(policy, pool, requests, cfg.temperature, generator, stats)
+        rewards = torch.tensor([float(t.success) for t in trajectories])
+        mixed = keep_mixed_groups(rewards, cfg.group_size)  # (n_groups,)
+        for g in torch.nonzero(mixed).flatten().tolist():
+            kept += trajectories[g * cfg.group_size:(g + 1) * cfg.group_size]
+        n_groups += len(mixed)
+        n_success += int(rewards.sum())
+        n_episodes += len(trajectories)
+        refills = attempt
+        if len(kept) >= cfg.min_valid_groups * cfg.group_size:
+            break
+    info = {"success_rate": n_success / n_episodes, "kept_group_fraction": len(kept) / cfg.group_size / n_groups,
+            "refills": refills, "episodes": n_episodes}
+    return kept, info
+
+
+@dataclass
+class QueryBatch:
+    """Every policy query of a list of trajectories, flattened."""
+
+    inputs: PolicyInputs  # Q rows
+    bins: torch.Tensor  # (Q, K * D)
+    mask: torch.Tensor  # (Q, K * D) bool, True for executed actions
+    owner: torch.Tensor  # (Q,) index of the trajectory in the list
+    chunk: torch.Tensor  # (Q,) position of the query within its trajectory
+
+    @classmethod
+    def of(cls, policy: VLAPolicy, trajectories: list[Trajectory]) -> "QueryBatch":
+        return cls(
+            inputs=policy.prepare([o for t in trajectories for o in t.observations]),
+            bins=torch.from_numpy(np.concatenate([np.stack(t.bins) for t in trajectories])).flatten(1),
+            mask=torch.from_numpy(np.concatenate([t.action_mask(policy.cfg.action_dim) for t in trajectories])).flatten(1),
+            owner=torch.tensor([i for i, t in enumerate(trajectories) for _ in t.observations]),
+            chunk=torch.tensor([c for t in trajectories for c in range(len(t.observations))]))
+
+    def per_trajectory(self, values: torch.Tensor, n_chunks: int) -> torch.Tensor:
+        """(Q, K * D) per-query values -> (N, n_chunks * K * D) per trajectory, zero padded."""
+        n_traj = int(self.owner.max()) + 1
+        padded = values.new_zeros(n_traj, n_chunks, values.shape[1])
+        return padded.index_put((self.owner, self.chunk), values).flatten(1)
+
+
+def old_log_probs(policy: VLAPolicy, queries: QueryBatch, temperature: float) -> torch.Tensor:
+    """(Q, K * D) log-probs of the sampled bins under the current policy, recomputed after rollout."""
+    with torch.no_grad():
+        parts = []
+        for start in range(0, len(queries.bins), INFERENCE_BATCH):
+            rows = torch.arange(start, min(start + INFERENCE_BATCH, len(queries.bins)))
+            parts.append(token_log_probs(policy.model(queries.inputs.select(rows)), queries.bins[rows], temperature)[0])
+        return torch.cat(parts)
+
+
+def grpo_update(policy: VLAPolicy, trainer: DeepSpeedTrainer, trajectories: list[Trajectory], cfg: RlConfig,
+                rng: np.random.Generator) -> dict[str, float]:
+    """One GRPO step over the kept groups: clipped mini-batch updates against the rollout policy."""
+    advantages = group_advantages(torch.tensor([float(t.success) for t in trajectories]), cfg.group_size)  # (N,)
+    n_chunks = max(len(t.observations) for t in trajectories)
+    everything = QueryBatch.of(policy, trajectories)
+    b_old = everything.per_trajectory(old_log_probs(policy, everything, cfg.temperature), n_chunks)  # (N, T)
+    b_mask = everything.per_trajectory(everything.mask.float(), n_chunks) > 0  # (N, T)
+    policy.model.train()
+    rows: list[dict[str, float]] = []
+    for _ in range(cfg.epochs):
+        order = rng.permutation(len(trajectories))
+        for start in range(0, len(order), cfg.mini_batch_trajectories):
+            mb = order[start:start + cfg.mini_batch_trajectories]
+            queries = QueryBatch.of(policy, [trajectories[i] for i in mb])
+            logits = trainer.forward(queries.inputs)  # (q, K * D, n_bins)
+            log_probs, entropy = token_log_probs(logits, queries.bins, cfg.temperature)  # (q, K * D) each
+            mb_log_probs = queries.per_trajectory(log_probs, n_chunks)
+            loss, metrics = clipped_policy_loss(mb_log_probs, b_old[mb], advantages[mb], b_mask[mb],
+                                                cfg.clip_low, cfg.clip_high, cfg.loss_agg)
+            metrics["grad_norm"] = trainer.backward_step(loss)
+            metrics["loss"] = loss.item()
+            metrics["entropy"] = float(entropy.detach()[queries.mask].mean())
+            rows.append(metrics)
+    policy.model.eval()
+    return {k: float(np.mean([m[k] for m in rows])) for k in rows[0]}
+
+
+def train_grpo(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: RlConfig,
+               on_iteration: Callable[[dict], None] = lambda row: None) -> list[dict]:
+    """Run `cfg.iterations` GRPO iterations in place; returns one metrics row per iteration."""
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    sampler = PromptSampler(tasks, cfg.seed_start)
+    trainer = DeepSpeedTrainer(policy.model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.mini_batch_trajectories)
+    progress, history, idle = Progress("rl", cfg.iterations, "iterations"), [], 0
+    for iteration in range(1, cfg.iterations + 1):
+        stats, began = RolloutStats(), time.monotonic()
+        kept, row = collect_mixed_groups(policy, pool, sampler, cfg, generator, stats)
+        rollout_s = time.monotonic() - began
+        row.update(iteration=iteration, env_steps=stats.env_steps, rollout_time_s=rollout_s,
+                   env_steps_per_s=stats.env_steps / max(rollout_s, 1e-9), inference_time_s=stats.inference_time_s)
+        if kept:
+            idle, began = 0, time.monotonic()
+            row.update(grpo_update(policy, trainer, kept, cfg, rng), update_time_s=time.monotonic() - began)
+        else:
+            idle += 1
+            logger.warning("rl iteration %d: no group had mixed rewards (success rate %.3f over %d episodes): "
+                           "nothing to learn from; SimpleVLA-RL needs an SFT policy that sometimes succeeds "
+                           "and sometimes fails", iteration, row["success_rate"], row["episodes"])
+        history.append(row)
+        on_iteration(row)
+        progress.update(iteration, success=row["success_rate"], kept=row["kept_group_fraction"])
+        if idle >= cfg.max_idle_iterations:
+            logger.warning("rl: stopping after %d iterations without a mixed group (last success rate %.3f)",
+                           idle, row["success_rate"])
+            break
+    return history

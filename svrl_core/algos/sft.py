@@ -1,0 +1,48 @@
+"""Supervised fine-tuning: cross-entropy on the action-bin tokens of demonstration chunks."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from svrl_core.config import SftConfig
+from svrl_core.data import DemoDataset, iterate_chunk_batches
+from svrl_core.policies import VLAPolicy
+from svrl_core.progress import Progress
+from svrl_core.training import DeepSpeedTrainer
+
+
+def sft_loss(logits: torch.Tensor, target_bins: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """logits (B, T, n_bins), target_bins (B, T), mask (B, T) bool -> mean CE over real tokens."""
+    token_ce = F.cross_entropy(logits.transpose(1, 2), target_bins, reduction="none")  # (B, T)
+    weight = mask.float()
+    loss = (token_ce * weight).sum() / weight.sum().clamp(min=1.0)
+    with torch.no_grad():
+        accuracy = ((logits.argmax(-1) == target_bins).float() * weight).sum() / weight.sum().clamp(min=1.0)
+    return loss, {"loss": loss.item(), "token_accuracy": float(accuracy)}
+
+
+def train_sft(policy: VLAPolicy, data: DemoDataset, instructions: list[str], cfg: SftConfig) -> list[dict]:
+    """Train `policy` in place; returns the logged metrics rows."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    trainer = DeepSpeedTrainer(policy.model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.batch_size)
+    batches = iterate_chunk_batches(data, instructions, policy.cfg.chunk_size, cfg.batch_size, rng)
+    progress, history, start = Progress("sft", cfg.steps, "steps"), [], time.monotonic()
+    camera = policy.cfg.camera
+    policy.model.train()
+    for step in range(1, cfg.steps + 1):
+        batch = next(batches)
+        inputs = policy.prepare_arrays(batch.images[camera], batch.states, batch.instructions)
+        targets = torch.from_numpy(policy.actions.encode(batch.actions)).flatten(1)  # (B, K * D)
+        mask = torch.from_numpy(np.repeat(batch.action_mask, policy.cfg.action_dim, axis=1))  # (B, K * D)
+        loss, metrics = sft_loss(trainer.forward(inputs), targets, mask)
+        metrics["grad_norm"] = trainer.backward_step(loss)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            history.append({"step": step, **metrics, "steps_per_s": step / (time.monotonic() - start)})
+        progress.update(step, loss=metrics["loss"], acc=metrics["token_accuracy"])
+    policy.model.eval()
+    return history

@@ -1,0 +1,188 @@
+"""Typed configuration for every stage, loaded from params.yaml.
+
+One class per params.yaml section. Unknown keys and out-of-range values fail at load with
+a `ConfigError` that names the key, the value and what is allowed, so a typo never turns
+into a silent default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """params.yaml is missing, malformed, or holds a bad key or value."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class PathsConfig(Section):
+    """Where each stage writes; dvc.yaml reads the same keys."""
+
+    demos: str = "data/demos/toy"
+    sft_model: str = "models/sft"
+    rl_model: str = "models/rl"
+    metrics: str = "metrics"
+    plots: str = "plots"
+    videos: str = "videos"
+    export: str = "exports/policy_bundle"
+    report: str = "reports"
+
+
+class EnvConfig(Section):
+    """The simulated task family shared by every stage."""
+
+    family: Literal["toy"] = "toy"
+    tasks: list[str] = Field(default_factory=lambda: ["red", "green", "blue", "yellow"], min_length=1)
+    image_size: int = Field(32, ge=16, le=256)
+    n_objects: int = Field(3, ge=2, le=6)
+    max_steps: int = Field(32, ge=1, le=10_000)
+
+    @model_validator(mode="after")
+    def _unique_tasks(self) -> "EnvConfig":
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks must be unique, got {self.tasks}")
+        return self
+
+
+class PolicyConfig(Section):
+    """TinyVLA architecture and action tokenization."""
+
+    chunk_size: int = Field(4, ge=1, le=64, description="K actions predicted per forward pass")
+    n_bins: int = Field(256, ge=2, le=1024)
+    conv_channels: int = Field(32, ge=4, le=512)
+    n_keypoints: int = Field(16, ge=1, le=256)
+    instruction_dim: int = Field(64, ge=8, le=1024)
+    hidden_dim: int = Field(256, ge=16, le=4096)
+    max_instruction_bytes: int = Field(64, ge=8, le=1024)
+    unnormalized_action_dims: list[int] = Field(default_factory=list, description="gripper dims, kept in [-1, 1]")
+
+
+class ComputeConfig(Section):
+    """Where rollouts and training run."""
+
+    n_workers: int = Field(2, ge=1, le=1024, description="Dask env workers (LocalCluster)")
+    envs_per_worker: int = Field(64, ge=1, le=4096)
+    scheduler_address: str | None = Field(None, description="tcp://host:port of a running Dask scheduler")
+    torch_threads: int = Field(1, ge=1, le=256)
+
+
+class TrackingConfig(Section):
+    """Experiment tracking (wandb)."""
+
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "svrl"
+
+
+class IngestConfig(Section):
+    """Demonstration generation with the scripted expert."""
+
+    episodes_per_task: int = Field(5, ge=1, le=100_000)
+    seed_start: int = Field(0, ge=0)
+    expert_noise: float = Field(0.1, ge=0.0, le=1.0, description="std of Gaussian action noise")
+
+
+class SftConfig(Section):
+    """Supervised fine-tuning on the demonstrations."""
+
+    steps: int = Field(400, ge=1, le=10_000_000)
+    batch_size: int = Field(64, ge=1, le=65_536)
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    seed: int = Field(0, ge=0)
+    log_every: int = Field(25, ge=1)
+
+
+class EvalConfig(Section):
+    """Greedy evaluation on held-out initial states (shared by eval_sft and eval_rl)."""
+
+    episodes_per_task: int = Field(50, ge=1, le=100_000)
+    seed_start: int = Field(1_000_000, ge=0, description="held out: ingest and rl never use it")
+    n_videos: int = Field(4, ge=0, le=100)
+
+
+class RlConfig(Section):
+    """GRPO with a binary success reward (SimpleVLA-RL)."""
+
+    iterations: int = Field(200, ge=1, le=1_000_000)
+    prompts_per_batch: int = Field(16, ge=1, description="initial states sampled per rollout batch")
+    group_size: int = Field(8, ge=2, le=1024, description="G trajectories per initial state")
+    min_valid_groups: int = Field(8, ge=1, description="dynamic sampling refills until this many mixed groups")
+    max_refills: int = Field(3, ge=0, le=100)
+    temperature: float = Field(1.6, gt=0.0, le=10.0)
+    clip_low: float = Field(0.2, gt=0.0, lt=1.0)
+    clip_high: float = Field(0.28, gt=0.0, le=10.0)
+    loss_agg: Literal["seq-mean-token-mean", "token-mean"] = "seq-mean-token-mean"
+    lr: float = Field(1e-3, gt=0.0, le=1.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    grad_clip: float = Field(1.0, gt=0.0)
+    mini_batch_trajectories: int = Field(64, ge=1)
+    epochs: int = Field(1, ge=1, le=100)
+    seed_start: int = Field(10_000, ge=0, description="initial states for RL; disjoint from eval")
+    seed: int = Field(0, ge=0)
+    max_idle_iterations: int = Field(5, ge=1, description="stop after this many iterations without a mixed group")
+
+
+class ExportConfig(Section):
+    """The deployable policy bundle."""
+
+    name: str = Field("svrl-tiny-vla", min_length=1)
+
+
+class ReportConfig(Section):
+    """The final SFT-vs-RL report."""
+
+    title: str = Field("svrl: SFT vs GRPO on the toy reach task", min_length=1)
+
+
+class Params(Section):
+    """Every section of params.yaml."""
+
+    paths: PathsConfig = PathsConfig()
+    env: EnvConfig = EnvConfig()
+    policy: PolicyConfig = PolicyConfig()
+    compute: ComputeConfig = ComputeConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    ingest: IngestConfig = IngestConfig()
+    sft: SftConfig = SftConfig()
+    eval: EvalConfig = EvalConfig()
+    rl: RlConfig = RlConfig()
+    export: ExportConfig = ExportConfig()
+    report: ReportConfig = ReportConfig()
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key (check the spelling against params.yaml's documented sections)"
+    return f"{key} = {error['input']!r}: {error['msg']}"
+
+
+def parse_params(raw: object, source: str = "params") -> Params:
+    """Validate a parsed params mapping; raise ConfigError listing every bad key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        problems = "\n  ".join(_describe(e) for e in err.errors())
+        raise ConfigError(f"{source} is invalid:\n  {problems}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; run from the repository root or pass --params PATH")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, str(path))

@@ -1,0 +1,54 @@
+"""Rollout GIFs and success-rate plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from svrl_core.rollout import Trajectory  # noqa: E402
+
+GIF_SCALE = 4
+GIF_FRAME_MS = 250
+
+
+def save_episode_gifs(trajectories: list[Trajectory], directory: str | Path, n_videos: int, camera: str) -> list[Path]:
+    """Write up to n_videos GIFs, half successes and half failures where both exist."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    successes = [t for t in trajectories if t.success]
+    failures = [t for t in trajectories if not t.success]
+    n_success = min(len(successes), max(n_videos - len(failures), (n_videos + 1) // 2))
+    chosen = successes[:n_success] + failures[: n_videos - n_success]
+    paths = []
+    for traj in chosen:
+        frames = [o.images[camera] for o in traj.observations] + [traj.final_obs.images[camera]]
+        big = [Image.fromarray(np.kron(f, np.ones((GIF_SCALE, GIF_SCALE, 1), dtype=np.uint8))) for f in frames]
+        outcome = "success" if traj.success else "failure"
+        path = directory / f"{traj.request.task}_seed{traj.request.seed}_{outcome}.gif"
+        big[0].save(path, save_all=True, append_images=big[1:], duration=GIF_FRAME_MS, loop=0)
+        paths.append(path)
+    return paths
+
+
+def plot_success_rates(tables: dict[str, dict], path: str | Path) -> None:
+    """Grouped bars: one group per task, one bar per policy (e.g. {'sft': table, 'rl': table})."""
+    tasks = sorted({task for table in tables.values() for task in table["per_task"]})
+    width = 0.8 / max(len(tables), 1)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(tasks), 3.2))
+    for i, (name, table) in enumerate(tables.items()):
+        rates = [table["per_task"].get(task, {}).get("success_rate", 0.0) for task in tasks]
+        ax.bar(np.arange(len(tasks)) + i * width, rates, width, label=f"{name} ({table['success_rate']:.2f})")
+    ax.set_xticks(np.arange(len(tasks)) + width * (len(tables) - 1) / 2, tasks)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("success rate")
+    ax.legend()
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""Scripted demonstrators with privileged simulator state."""

@@ -1,0 +1,58 @@
+"""Export a policy as a self-contained bundle: torch.export graph + json spec + runtime."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from svrl_core.io import atomic_directory, write_json_atomic
+from svrl_core.policies import PolicyInputs, VLAPolicy
+from svrl_core.policies.policy import STATE_EPS
+
+BUNDLE_FORMAT = "svrl-bundle-v1"
+
+
+class _TensorInterface(torch.nn.Module):
+    """The network with plain tensor arguments, as torch.export needs."""
+
+    def __init__(self, policy: VLAPolicy):
+        super().__init__()
+        self.model = policy.model
+
+    def forward(self, images: torch.Tensor, states: torch.Tensor, instruction_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(PolicyInputs(images, states, instruction_ids))
+
+
+def bundle_spec(policy: VLAPolicy, name: str) -> dict:
+    cfg = policy.cfg
+    return {
+        "format": BUNDLE_FORMAT, "name": name, "architecture": cfg.to_dict(),
+        "inputs": {"camera": cfg.camera, "proprio_dim": cfg.state_dim, "instruction": "text"},
+        "preprocessing": {
+            "image_size": cfg.image_size, "image_layout": "HWC uint8 RGB, upright",
+            "state_mean": policy.state_mean.tolist(), "state_std": policy.state_std.tolist(), "state_eps": STATE_EPS,
+            "instruction_encoding": "utf-8 bytes + 1, zero padded", "max_instruction_bytes": cfg.max_instruction_bytes,
+        },
+        "postprocessing": {"decoding": "argmax", "chunk_size": cfg.chunk_size, "action_dim": cfg.action_dim,
+                           **policy.actions.to_dict()},
+        "dataset_statistics": policy.dataset_stats,
+    }
+
+
+def export_bundle(policy: VLAPolicy, directory: str | Path, name: str) -> None:
+    """Write the bundle atomically: policy.pt2, bundle.json, runtime.py, plus the svrl checkpoint."""
+    cfg = policy.cfg
+    example = policy.prepare_arrays(
+        torch.zeros(2, cfg.image_size, cfg.image_size, 3, dtype=torch.uint8).numpy(),
+        torch.zeros(2, cfg.state_dim).numpy(), ["example instruction", "another"])
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.export.export(
+        _TensorInterface(policy).eval(), (example.images, example.states, example.instruction_ids),
+        dynamic_shapes=({0: batch}, {0: batch}, {0: batch}))
+    with atomic_directory(directory) as staging:
+        torch.export.save(program, str(staging / "policy.pt2"))
+        write_json_atomic(staging / "bundle.json", bundle_spec(policy, name))
+        shutil.copy(Path(__file__).with_name("runtime.py"), staging / "runtime.py")
+        policy.save(staging / "checkpoint")

@@ -1,0 +1,58 @@
+"""Robot-side runtime of an exported svrl policy bundle.
+
+This file is copied into every bundle and needs only numpy and torch: no svrl code.
+
+    policy = BundlePolicy("path/to/bundle")
+    chunk = policy.act(image, proprio, "move to the red disc")  # (K, D) actions to execute
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+class BundlePolicy:
+    def __init__(self, directory: str | Path):
+        directory = Path(directory)
+        self.spec = json.loads((directory / "bundle.json").read_text())
+        self.net = torch.export.load(str(directory / "policy.pt2")).module()
+
+    def preprocess(self, images: np.ndarray, proprio: np.ndarray, instructions: list[str]) -> tuple:
+        """images (B, H, W, 3) uint8, proprio (B, S), texts -> the network's three tensors."""
+        pre = self.spec["preprocessing"]
+        if images.shape[1:] != (pre["image_size"], pre["image_size"], 3) or images.dtype != np.uint8:
+            raise ValueError(f"expected uint8 images (B, {pre['image_size']}, {pre['image_size']}, 3), "
+                             f"got {images.dtype} {images.shape}")
+        states = (np.asarray(proprio, np.float32) - np.asarray(pre["state_mean"], np.float32)) / (
+            np.asarray(pre["state_std"], np.float32) + pre["state_eps"])
+        ids = np.zeros((len(instructions), pre["max_instruction_bytes"]), dtype=np.int64)
+        for row, text in enumerate(instructions):
+            raw = np.frombuffer(text.encode("utf-8")[: pre["max_instruction_bytes"]], dtype=np.uint8)
+            ids[row, : len(raw)] = raw.astype(np.int64) + 1
+        image_tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+        return image_tensor, torch.from_numpy(states.astype(np.float32)), torch.from_numpy(ids)
+
+    def bins_to_actions(self, bins: np.ndarray) -> np.ndarray:
+        """(B, K, D) bins -> (B, K, D) actions: bin centre, then undo the q01/q99 scaling."""
+        post = self.spec["postprocessing"]
+        edges = np.linspace(-1.0, 1.0, post["n_bins"] + 1)
+        normalized = ((edges[:-1] + edges[1:]) / 2)[bins]
+        low, high = np.asarray(post["low"]), np.asarray(post["high"])
+        scaled = (normalized + 1.0) / 2.0 * (high - low) + low
+        return np.where(np.asarray(post["normalize_mask"], bool), scaled, normalized).astype(np.float32)
+
+    @torch.no_grad()
+    def act_batch(self, images: np.ndarray, proprio: np.ndarray, instructions: list[str]) -> np.ndarray:
+        """Greedy action chunks, (B, K, D)."""
+        logits = self.net(*self.preprocess(images, proprio, instructions))  # (B, K * D, n_bins)
+        post = self.spec["postprocessing"]
+        bins = logits.argmax(-1).numpy().reshape(len(instructions), post["chunk_size"], post["action_dim"])
+        return self.bins_to_actions(bins)
+
+    def act(self, image: np.ndarray, proprio: np.ndarray, instruction: str) -> np.ndarray:
+        """One observation -> its (K, D) action chunk."""
+        return self.act_batch(image[None], np.asarray(proprio)[None], [instruction])[0]

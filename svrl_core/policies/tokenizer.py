@@ -1,0 +1,68 @@
+"""Action tokenizer: q01/q99 normalization to [-1, 1], then uniform bins (OpenVLA style).
+
+Dimensions whose `normalize_mask` is False (grippers) are used as they are, clipped to
+[-1, 1], as OpenVLA leaves the gripper unnormalized. Unlike OpenVLA's 256 edges / 255
+centres, `n_bins` equal-width bins are used so every token decodes to its own centre.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ActionTokenizer:
+    low: np.ndarray  # (D,) q01 of the training actions
+    high: np.ndarray  # (D,) q99
+    normalize_mask: np.ndarray  # (D,) bool
+    n_bins: int = 256
+
+    @classmethod
+    def from_stats(cls, action_stats: dict, n_bins: int, unnormalized_dims: tuple[int, ...] = ()) -> "ActionTokenizer":
+        low = np.asarray(action_stats["q01"], dtype=np.float64)
+        mask = np.ones_like(low, dtype=bool)
+        mask[list(unnormalized_dims)] = False
+        return cls(low, np.asarray(action_stats["q99"], dtype=np.float64), mask, n_bins)
+
+    @property
+    def action_dim(self) -> int:
+        return len(self.low)
+
+    @property
+    def bin_centres(self) -> np.ndarray:
+        edges = np.linspace(-1.0, 1.0, self.n_bins + 1)
+        return (edges[:-1] + edges[1:]) / 2  # (n_bins,)
+
+    def normalize(self, actions: np.ndarray) -> np.ndarray:
+        """(..., D) actions -> (..., D) in [-1, 1]."""
+        span = np.where(self.high > self.low, self.high - self.low, 1.0)
+        scaled = 2.0 * (actions - self.low) / span - 1.0
+        return np.clip(np.where(self.normalize_mask, scaled, actions), -1.0, 1.0)
+
+    def unnormalize(self, normalized: np.ndarray) -> np.ndarray:
+        """(..., D) in [-1, 1] -> (..., D) actions."""
+        scaled = (normalized + 1.0) / 2.0 * (self.high - self.low) + self.low
+        return np.where(self.normalize_mask, scaled, normalized)
+
+    def encode(self, actions: np.ndarray) -> np.ndarray:
+        """(..., D) actions -> (..., D) int64 bins in [0, n_bins)."""
+        unit = (self.normalize(np.asarray(actions, dtype=np.float64)) + 1.0) / 2.0
+        return np.clip(np.floor(unit * self.n_bins), 0, self.n_bins - 1).astype(np.int64)
+
+    def decode(self, bins: np.ndarray) -> np.ndarray:
+        """(..., D) bins -> (..., D) float32 actions at the bin centres."""
+        bins = np.asarray(bins)
+        if bins.min(initial=0) < 0 or bins.max(initial=0) >= self.n_bins:
+            raise ValueError(f"action bins must lie in [0, {self.n_bins}), got [{bins.min()}, {bins.max()}]")
+        return self.unnormalize(self.bin_centres[bins]).astype(np.float32)
+
+    def to_dict(self) -> dict:
+        return {"low": self.low.tolist(), "high": self.high.tolist(),
+                "normalize_mask": self.normalize_mask.tolist(), "n_bins": self.n_bins}
+
+    @classmethod
+    def from_dict(cls, spec: dict) -> "ActionTokenizer":
+        return cls(np.asarray(spec["low"]), np.asarray(spec["high"]),
+                   np.asarray(spec["normalize_mask"], dtype=bool), int(spec["n_bins"]))

@@ -1,0 +1,59 @@
+"""The final report: SFT vs RL success per task and the RL learning curve, as markdown + PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from svrl_core.evaluation import plot_success_rates  # noqa: E402
+
+
+def plot_learning_curve(history: list[dict], path: str | Path) -> None:
+    """Rollout success rate (sampled, temperature > 0) and kept-group fraction per iteration."""
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    iterations = [row["iteration"] for row in history]
+    ax.plot(iterations, [row["success_rate"] for row in history], label="rollout success")
+    ax.plot(iterations, [row["kept_group_fraction"] for row in history], label="kept groups", alpha=0.6)
+    ax.set_xlabel("GRPO iteration")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def success_markdown(sft: dict, rl: dict) -> str:
+    lines = ["| task | SFT | RL | change |", "|---|---|---|---|"]
+    for task in sorted(set(sft["per_task"]) | set(rl["per_task"])):
+        a = sft["per_task"].get(task, {}).get("success_rate", float("nan"))
+        b = rl["per_task"].get(task, {}).get("success_rate", float("nan"))
+        lines.append(f"| {task} | {a:.2f} | {b:.2f} | {b - a:+.2f} |")
+    lines.append(f"| **all** ({sft['episodes']} / {rl['episodes']} episodes) | **{sft['success_rate']:.2f}** | "
+                 f"**{rl['success_rate']:.2f}** | **{rl['success_rate'] - sft['success_rate']:+.2f}** |")
+    return "\n".join(lines)
+
+
+def write_report(title: str, sft: dict, rl: dict, history: list[dict], directory: str | Path) -> Path:
+    """Write report.md, success.png and learning_curve.png into `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    plot_success_rates({"sft": sft, "rl": rl}, directory / "success.png")
+    plot_learning_curve(history, directory / "learning_curve.png")
+    last = history[-1] if history else {}
+    text = "\n".join([
+        f"# {title}", "",
+        "Greedy success rate on held-out initial states (never used by ingest or RL).", "",
+        success_markdown(sft, rl), "",
+        "![success per task](success.png)", "",
+        f"## GRPO: {len(history)} iterations", "",
+        f"Last iteration: rollout success {last.get('success_rate', float('nan')):.2f}, "
+        f"kept groups {last.get('kept_group_fraction', float('nan')):.2f}, "
+        f"env steps/s {last.get('env_steps_per_s', float('nan')):.0f}.", "",
+        "![learning curve](learning_curve.png)", ""])
+    path = directory / "report.md"
+    path.write_text(text)
+    return path

@@ -1,0 +1,84 @@
+"""Closed-loop episodes with policy inference batched over every live env."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from svrl_core.envs import Obs
+from svrl_core.policies import VLAPolicy
+from svrl_core.progress import Progress
+from svrl_core.rollout.pool import EnvPool, EpisodeRequest
+
+
+@dataclass
+class Trajectory:
+    """One episode: the observation at each policy query and the chunk sampled there."""
+
+    request: EpisodeRequest
+    observations: list[Obs] = field(default_factory=list)  # C queries
+    bins: list[np.ndarray] = field(default_factory=list)  # C x (K, D) int64
+    n_executed: list[int] = field(default_factory=list)  # C; actions of each chunk that ran
+    final_obs: Obs | None = None
+    success: bool = False
+
+    @property
+    def steps(self) -> int:
+        return int(sum(self.n_executed))
+
+    def action_mask(self, action_dim: int) -> np.ndarray:
+        """(C, K, D) bool: True for tokens of actions that were executed."""
+        k = self.bins[0].shape[0]
+        executed = np.arange(k)[None, :] < np.asarray(self.n_executed)[:, None]  # (C, K)
+        return np.repeat(executed[:, :, None], action_dim, axis=2)
+
+
+@dataclass
+class RolloutStats:
+    env_steps: int = 0
+    env_time_s: float = 0.0
+    inference_time_s: float = 0.0
+
+
+def run_episodes(policy: VLAPolicy, pool: EnvPool, requests: list[EpisodeRequest], temperature: float | None,
+                 generator: torch.Generator | None = None, stats: RolloutStats | None = None,
+                 progress_name: str | None = None) -> list[Trajectory]:
+    """Run every request to its end; greedy when `temperature` is None, else sampled."""
+    stats = stats or RolloutStats()
+    trajectories = [Trajectory(r) for r in requests]
+    progress = Progress(progress_name, len(requests), "episodes") if progress_name else None
+    for start in range(0, len(requests), pool.capacity):
+        wave = list(range(start, min(start + pool.capacity, len(requests))))
+        slots = list(range(len(wave)))
+        obs = dict(zip(wave, pool.reset(slots, [requests[i] for i in wave])))
+        live = dict(zip(wave, slots))  # trajectory index -> env slot
+        while live:
+            ids = list(live)
+            began = time.monotonic()
+            inputs = policy.prepare([obs[i] for i in ids])
+            if temperature is None:
+                bins = policy.greedy(inputs)
+            else:
+                bins, _ = policy.sample(inputs, temperature, generator)
+            bins = bins.numpy()  # (B, K, D)
+            actions = policy.bins_to_actions(bins)
+            stepped = time.monotonic()
+            results = pool.step([live[i] for i in ids], actions)
+            stats.inference_time_s += stepped - began
+            stats.env_time_s += time.monotonic() - stepped
+            for i, chunk, result in zip(ids, bins, results):
+                traj = trajectories[i]
+                traj.observations.append(obs[i])
+                traj.bins.append(chunk)
+                traj.n_executed.append(result.n_executed)
+                stats.env_steps += result.n_executed
+                obs[i] = result.obs
+                if result.done:
+                    traj.final_obs, traj.success = result.obs, result.success
+                    del live[i]
+        if progress:
+            progress.update(wave[-1] + 1)
+    return trajectories

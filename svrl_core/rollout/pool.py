@@ -1,0 +1,57 @@
+"""Env pools: a fixed set of live envs addressed by slot, in-process or on Dask workers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from svrl_core.config import EnvConfig
+from svrl_core.envs import Obs, StepResult, make_env
+
+
+@dataclass(frozen=True)
+class EpisodeRequest:
+    """One episode to run: a task from an initial state; `group` ties GRPO siblings together."""
+
+    task: str
+    seed: int
+    group: int = 0
+
+
+class EnvPool(Protocol):
+    capacity: int
+
+    def reset(self, slots: list[int], requests: list[EpisodeRequest]) -> list[Obs]:
+        """Start `requests[i]` in env `slots[i]`."""
+
+    def step(self, slots: list[int], chunks: np.ndarray) -> list[StepResult]:
+        """Execute `chunks[i]` (K, D) in env `slots[i]`."""
+
+    def close(self) -> None: ...
+
+
+class EnvGroup:
+    """A list of envs that reset and step by local index (the unit a Dask worker holds)."""
+
+    def __init__(self, env_cfg: EnvConfig, n_envs: int):
+        self.envs = [make_env(env_cfg) for _ in range(n_envs)]
+
+    def reset(self, ids: list[int], requests: list[EpisodeRequest]) -> list[Obs]:
+        return [self.envs[i].reset(r.task, r.seed) for i, r in zip(ids, requests)]
+
+    def step(self, ids: list[int], chunks: np.ndarray) -> list[StepResult]:
+        return [self.envs[i].step(chunk) for i, chunk in zip(ids, chunks)]
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+class LocalEnvPool(EnvGroup):
+    """All envs in this process: for tests and tiny runs."""
+
+    def __init__(self, env_cfg: EnvConfig, n_envs: int):
+        super().__init__(env_cfg, n_envs)
+        self.capacity = n_envs

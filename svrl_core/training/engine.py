@@ -1,0 +1,82 @@
+"""A DeepSpeed engine around a torch module, set up to run in one plain CPU process.
+
+On a cluster the same engine runs under the `deepspeed` launcher (infra/deepspeed/); here
+we fill in the single-process rendezvous variables and use gloo. DeepSpeed's fused Adam
+would JIT-compile for minutes on CPU, so a torch AdamW is passed in instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+import torch
+
+# Compiled DeepSpeed ops (the CPU shared-memory comm op) live with the venv; `make setup` builds them.
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def init_single_process() -> None:
+    """Join (or create) a world of one when no launcher set the rendezvous variables."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    dist.init_process_group("gloo")
+
+
+class DeepSpeedTrainer:
+    """forward / backward_step through `deepspeed.initialize` (ZeRO stage 0, fp32, AdamW)."""
+
+    def __init__(self, model: torch.nn.Module, lr: float, weight_decay: float, grad_clip: float, batch_size: int):
+        import deepspeed
+
+        logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+        deepspeed.utils.logger.setLevel(logging.WARNING)
+        init_single_process()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+        config = {
+            "train_batch_size": batch_size,
+            "train_micro_batch_size_per_gpu": batch_size,
+            "gradient_clipping": grad_clip,
+            "zero_optimization": {"stage": 0},
+            "steps_per_print": 2**31 - 1,
+            "wall_clock_breakdown": False,
+        }
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        self.module = model
+
+    def forward(self, *inputs):
+        return self.engine(*inputs)
+
+    def backward_step(self, loss: torch.Tensor) -> float:
+        """Backpropagate, clip (inside DeepSpeed) and step; returns the pre-clip grad norm."""
+        self.engine.backward(loss)
+        grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+        grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+        self.engine.step()
+        return grad_norm
+
+
+def prebuild_ops() -> None:
+    """Compile DeepSpeed's CPU comm op once (called by `make setup`), so stages start fast."""
+    from deepspeed.comm.torch import build_shm_op
+
+    build_shm_op()
+
+
+if __name__ == "__main__":
+    prebuild_ops()

@@ -1,0 +1,1 @@
+"""Prefect tasks: I/O, retries, Dask clusters and tracking around svrl_core."""

@@ -1,0 +1,59 @@
+import pytest
+
+from svrl_core.config import ConfigError, Params, load_params, parse_params
+
+
+def test_repository_params_equal_the_documented_defaults():
+    """The class defaults document params.yaml; they must not drift apart."""
+    params = load_params("params.yaml")
+    assert params == Params()
+    assert params.rl.temperature == 1.6 and params.rl.clip_high == 0.28 and params.rl.clip_low == 0.2
+
+
+def test_unknown_key_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"rl\.learning_rate: unknown key"):
+        parse_params({"rl": {"learning_rate": 0.1}})
+
+
+def test_unknown_section_is_named():
+    with pytest.raises(ConfigError, match=r"trainer: unknown key"):
+        parse_params({"trainer": {}})
+
+
+def test_bad_value_names_key_value_and_range():
+    with pytest.raises(ConfigError) as err:
+        parse_params({"rl": {"group_size": 1}})
+    assert "rl.group_size = 1" in str(err.value) and "greater than or equal to 2" in str(err.value)
+
+
+def test_bad_choice_lists_valid_ones():
+    with pytest.raises(ConfigError, match="seq-mean-token-mean"):
+        parse_params({"rl": {"loss_agg": "sum"}})
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        parse_params({"sft": {"lr": -1}, "eval": {"episodes_per_task": 0}})
+    assert "sft.lr" in str(err.value) and "eval.episodes_per_task" in str(err.value)
+
+
+def test_malformed_yaml(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("rl: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_top_level_must_be_mapping():
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        parse_params(["rl"])
+
+
+def test_duplicate_tasks_rejected():
+    with pytest.raises(ConfigError, match="tasks must be unique"):
+        parse_params({"env": {"tasks": ["red", "red"]}})

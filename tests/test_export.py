@@ -1,0 +1,43 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from svrl_core.envs.toy import ToyReachEnv
+from svrl_core.export import BundlePolicy, export_bundle
+
+
+def test_bundle_reproduces_in_process_actions_exactly(tiny_policy, tiny_params, tmp_path):
+    export_bundle(tiny_policy, tmp_path / "bundle", "tiny")
+    spec = json.loads((tmp_path / "bundle/bundle.json").read_text())
+    assert spec["format"] == "svrl-bundle-v1" and spec["postprocessing"]["n_bins"] == 32
+    env = ToyReachEnv(tiny_params.env)
+    obs = [env.reset(task, seed) for task in tiny_params.env.tasks for seed in range(5)]
+    expected = tiny_policy.bins_to_actions(tiny_policy.greedy(tiny_policy.prepare(obs)))
+    bundle = BundlePolicy(tmp_path / "bundle")
+    got = bundle.act_batch(np.stack([o.images["main"] for o in obs]), np.stack([o.proprio for o in obs]),
+                           [o.instruction for o in obs])
+    assert np.array_equal(got, expected)
+    assert np.array_equal(bundle.act(obs[0].images["main"], obs[0].proprio, obs[0].instruction), expected[0])
+
+
+def test_bundle_loads_without_svrl(tiny_policy, tmp_path):
+    """A fresh interpreter with only the bundle's runtime.py on the path: no svrl_core import."""
+    export_bundle(tiny_policy, tmp_path / "bundle", "tiny")
+    script = (
+        "import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import runtime;"
+        "p = runtime.BundlePolicy(sys.argv[1]);"
+        "a = p.act(np.zeros((32, 32, 3), np.uint8), np.zeros(2, np.float32), 'move to the red disc');"
+        "assert 'svrl_core' not in sys.modules, 'runtime imported svrl_core'; print(a.shape)")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "bundle")], capture_output=True, text=True,
+                         cwd=tmp_path, check=True)
+    assert out.stdout.strip() == "(4, 2)"
+
+
+def test_bundle_rejects_wrong_image_size(tiny_policy, tmp_path):
+    import pytest
+
+    export_bundle(tiny_policy, tmp_path / "bundle", "tiny")
+    with pytest.raises(ValueError, match=r"expected uint8 images \(B, 32, 32, 3\)"):
+        BundlePolicy(tmp_path / "bundle").act(np.zeros((64, 64, 3), np.uint8), np.zeros(2), "x")

@@ -1,0 +1,27 @@
+"""svrl_core is a pure library: no Prefect, no DVC (DESIGN.md)."""
+
+import ast
+from pathlib import Path
+
+FORBIDDEN = {"prefect", "dvc", "prefect_dask"}
+
+
+def imported_roots(path: Path) -> set[str]:
+    roots = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            roots |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+def test_svrl_core_imports_neither_prefect_nor_dvc():
+    files = list(Path("svrl_core").rglob("*.py"))
+    assert len(files) > 20
+    offenders = {str(f): imported_roots(f) & FORBIDDEN for f in files if imported_roots(f) & FORBIDDEN}
+    assert offenders == {}
+
+
+def test_bundle_runtime_needs_no_svrl_code():
+    assert imported_roots(Path("svrl_core/export/runtime.py")) <= {"__future__", "json", "pathlib", "numpy", "torch"}

@@ -1,0 +1,106 @@
+"""The real pipeline on tiny settings: Prefect flows, DVC stages, lock consistency, reruns."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from svrl_core.config import Params, parse_params
+from tests.conftest import TINY
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.integration
+
+
+def tiny_params_yaml() -> dict:
+    merged = Params().model_dump()
+    for section, values in TINY.items():
+        merged[section].update(values)
+    parse_params(merged)
+    return merged
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "PYTHONPATH": str(cwd), "PREFECT_HOME": str(cwd / ".prefect")}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_server) -> Path:
+    """A copy of the project with tiny params, in its own git + DVC repository."""
+    root = tmp_path_factory.mktemp("project")
+    for name in ("flows", "tasks", "svrl_core"):
+        shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params_yaml(), sort_keys=False))
+    run(["git", "init", "-q"], root)
+    run(["dvc", "init", "-q"], root)
+    run(["dvc", "config", "core.analytics", "false"], root)
+    return root
+
+
+def stages_run(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([\w_]+)'", output))
+
+
+def test_pipeline_flow_runs_every_stage_and_leaves_dvc_up_to_date(project):
+    result = run([sys.executable, "-m", "flows.pipeline"], project)
+    assert "ran ['ingest', 'sft', 'eval_sft', 'rl', 'eval_rl', 'export', 'report']" in result.stderr + result.stdout
+    report = (project / "reports/report.md").read_text()
+    assert "| **all**" in report and (project / "reports/learning_curve.png").stat().st_size > 1000
+    eval_rl = json.loads((project / "metrics/eval_rl.json").read_text())
+    assert eval_rl["episodes"] == 4 and set(eval_rl["per_task"]) == {"red", "blue"}
+    assert json.loads((project / "metrics/export.json").read_text())["max_action_difference"] == 0.0
+    assert list((project / "videos/eval_sft").glob("*.gif"))
+    status = run(["dvc", "status"], project)
+    assert "Data and pipelines are up to date" in status.stdout
+    again = run([sys.executable, "-m", "flows.pipeline"], project)
+    assert "ran nothing" in again.stderr + again.stdout
+
+
+def test_changing_an_rl_param_reruns_only_rl_and_what_follows(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["rl"]["lr"] = params["rl"]["lr"] * 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    result = run(["dvc", "repro"], project)
+    assert stages_run(result.stdout) == {"rl", "eval_rl", "export", "report"}
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], project).stdout
+
+
+def test_changing_an_sft_param_does_not_rerun_ingest(project):
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["sft"]["lr"] = params["sft"]["lr"] / 2
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    status = run(["dvc", "status", "--json"], project)
+    changed = set(json.loads(status.stdout))
+    assert "sft" in changed and "ingest" not in changed
+
+
+def test_bad_params_stop_the_stage_with_a_clear_message(project, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("rl:\n  group_size: 1\n  temprature: 1.6\n")
+    result = run([sys.executable, "-m", "flows.rl", "--params", str(bad)], project, check=False)
+    assert result.returncode == 2
+    assert "rl.group_size = 1" in result.stderr and "rl.temprature: unknown key" in result.stderr
+
+
+def test_missing_dataset_stops_sft_and_writes_nothing(project, tmp_path):
+    params = tiny_params_yaml()
+    params["paths"].update(demos=str(tmp_path / "no_demos"), sft_model=str(tmp_path / "sft_out"))
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    result = run([sys.executable, "-m", "flows.sft", "--params", str(path)], project, check=False)
+    assert result.returncode == 2 and "run `dvc repro ingest` first" in result.stderr
+    assert not (tmp_path / "sft_out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

@@ -1,0 +1,69 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from svrl_core.envs.toy import ToyReachEnv
+from svrl_core.policies import CheckpointError, VLAPolicy
+
+
+def observations(params, n=6):
+    env = ToyReachEnv(params.env)
+    return [env.reset(params.env.tasks[i % 2], i) for i in range(n)]
+
+
+def test_shapes_and_bins_to_actions(tiny_policy, tiny_params):
+    inputs = tiny_policy.prepare(observations(tiny_params))
+    bins, log_probs = tiny_policy.sample(inputs, 1.6, torch.Generator().manual_seed(0))
+    assert bins.shape == (6, 4, 2) and log_probs.shape == (6, 4, 2)
+    assert bins.min() >= 0 and bins.max() < 32
+    actions = tiny_policy.bins_to_actions(bins)
+    assert actions.shape == (6, 4, 2) and actions.dtype == np.float32
+    assert tiny_policy.greedy(inputs).shape == (6, 4, 2)
+
+
+def test_log_probs_match_the_samplers_own(tiny_policy, tiny_params):
+    inputs = tiny_policy.prepare(observations(tiny_params))
+    for temperature in (1.0, 1.6):
+        bins, sampled = tiny_policy.sample(inputs, temperature, torch.Generator().manual_seed(1))
+        recomputed, entropy = tiny_policy.log_probs(inputs, bins, temperature)
+        assert torch.allclose(sampled, recomputed, atol=1e-6)
+        assert recomputed.requires_grad and (entropy > 0).all()
+
+
+def test_temperature_spreads_samples(tiny_policy, tiny_params):
+    inputs = tiny_policy.prepare(observations(tiny_params, 1) * 64)
+    low = tiny_policy.sample(inputs, 0.05, torch.Generator().manual_seed(0))[0]
+    high = tiny_policy.sample(inputs, 5.0, torch.Generator().manual_seed(0))[0]
+    assert len(torch.unique(low[:, 0, 0])) < len(torch.unique(high[:, 0, 0]))
+
+
+def test_save_load_is_exact(tiny_policy, tiny_params, tmp_path):
+    tiny_policy.save(tmp_path / "ckpt")
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
+        "config.json", "model.safetensors", "norm_stats.json", "tokenizer.json"]
+    loaded = VLAPolicy.load(tmp_path / "ckpt")
+    inputs = tiny_policy.prepare(observations(tiny_params))
+    assert torch.equal(tiny_policy.model(inputs), loaded.model(inputs))
+    assert np.array_equal(tiny_policy.bins_to_actions(np.full((1, 4, 2), 7)), loaded.bins_to_actions(np.full((1, 4, 2), 7)))
+
+
+def test_checkpoint_from_another_architecture(tiny_policy, tmp_path):
+    tiny_policy.save(tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt/config.json").read_text())
+    (tmp_path / "ckpt/config.json").write_text(json.dumps({**config, "architecture": "openvla-oft"}))
+    with pytest.raises(CheckpointError, match="architecture 'openvla-oft'"):
+        VLAPolicy.load(tmp_path / "ckpt")
+    (tmp_path / "ckpt/config.json").write_text(json.dumps({**config, "hidden_dim": 64}))
+    with pytest.raises(CheckpointError, match="weights do not match"):
+        VLAPolicy.load(tmp_path / "ckpt")
+
+
+def test_missing_or_corrupt_checkpoint(tiny_policy, tmp_path):
+    with pytest.raises(CheckpointError, match="missing"):
+        VLAPolicy.load(tmp_path)
+    tiny_policy.save(tmp_path / "ckpt")
+    (tmp_path / "ckpt/tokenizer.json").write_text("{oops")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        VLAPolicy.load(tmp_path / "ckpt")

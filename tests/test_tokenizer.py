@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+
+from svrl_core.policies import ActionTokenizer
+
+
+def tokenizer(n_bins=256, mask=(True, True, False)):
+    return ActionTokenizer(np.array([-2.0, 0.0, -1.0]), np.array([2.0, 10.0, 1.0]), np.array(mask), n_bins)
+
+
+def test_round_trip_within_half_a_bin():
+    tok = tokenizer()
+    rng = np.random.default_rng(0)
+    actions = np.stack([rng.uniform(-2, 2, 1000), rng.uniform(0, 10, 1000), rng.uniform(-1, 1, 1000)], axis=1)
+    decoded = tok.decode(tok.encode(actions))
+    half_bin = np.array([4.0, 10.0, 2.0]) / 256 / 2
+    assert (np.abs(decoded - actions) <= half_bin + 1e-6).all()
+
+
+def test_edges_and_out_of_range():
+    tok = tokenizer()
+    assert tok.encode(np.array([-2.0, 0.0, -1.0])).tolist() == [0, 0, 0]
+    assert tok.encode(np.array([2.0, 10.0, 1.0])).tolist() == [255, 255, 255]
+    assert tok.encode(np.array([-50.0, 99.0, 3.0])).tolist() == [0, 255, 255]
+    assert tok.encode(np.array([0.0, 5.0, 0.0])).tolist() == [128, 128, 128]
+
+
+def test_gripper_dimension_is_not_normalized():
+    tok = tokenizer()
+    # dim 2 is used as is in [-1, 1]: decoding bin 0 gives the first centre of [-1, 1]
+    assert tok.decode(np.array([0, 0, 0]))[2] == pytest.approx(-1 + 1 / 256)
+    assert tok.decode(np.array([0, 0, 0]))[0] == pytest.approx(-2 + 4 / 256 / 2)
+
+
+def test_bin_centres_and_serialisation():
+    tok = tokenizer(n_bins=4)
+    assert tok.bin_centres.tolist() == [-0.75, -0.25, 0.25, 0.75]
+    again = ActionTokenizer.from_dict(tok.to_dict())
+    assert np.array_equal(again.decode(np.array([1, 2, 3])), tok.decode(np.array([1, 2, 3])))
+
+
+def test_constant_dimension_does_not_divide_by_zero():
+    tok = ActionTokenizer(np.array([1.0]), np.array([1.0]), np.array([True]), 8)
+    assert np.isfinite(tok.decode(tok.encode(np.array([[1.0]])))).all()
+
+
+def test_decode_rejects_out_of_range_bins():
+    with pytest.raises(ValueError, match=r"\[0, 256\)"):
+        tokenizer().decode(np.array([0, 256, 3]))

@@ -1,0 +1,66 @@
+import logging
+
+import numpy as np
+import torch
+
+from svrl_core.algos.grpo_trainer import PromptSampler, collect_mixed_groups, grpo_update, train_grpo
+from svrl_core.algos.sft import sft_loss, train_sft
+from svrl_core.policies import new_policy
+from svrl_core.rollout import LocalEnvPool, RolloutStats
+from svrl_core.training import DeepSpeedTrainer
+
+
+def test_sft_loss_ignores_padded_tokens():
+    logits = torch.zeros(1, 2, 4)
+    logits[0, 0, 1] = 10.0
+    loss, metrics = sft_loss(logits, torch.tensor([[1, 3]]), torch.tensor([[True, False]]))
+    assert loss.item() < 1e-3 and metrics["token_accuracy"] == 1.0
+
+
+def test_sft_overfits_one_batch_through_deepspeed(tiny_params, tiny_dataset):
+    policy = new_policy(tiny_params.policy, tiny_dataset, seed=0)
+    cfg = tiny_params.sft.model_copy(update={"steps": 100, "batch_size": 64, "lr": 1e-2, "log_every": 10})
+    history = train_sft(policy, tiny_dataset, tiny_dataset.tasks, cfg)
+    assert history[-1]["loss"] < 0.25 * history[0]["loss"]  # one batch: every frame
+    assert all(np.isfinite(row["grad_norm"]) for row in history)
+
+
+def test_deepspeed_engine_steps_the_optimizer():
+    model = torch.nn.Linear(3, 1)
+    before = model.weight.detach().clone()
+    trainer = DeepSpeedTrainer(model, lr=0.1, weight_decay=0.0, grad_clip=1.0, batch_size=4)
+    grad_norm = trainer.backward_step(trainer.forward(torch.ones(4, 3)).sum())
+    assert grad_norm > 0 and not torch.equal(before, model.weight)
+
+
+def test_prompt_sampler_groups_and_cursor():
+    sampler = PromptSampler(["a", "b"], seed_start=100)
+    first = sampler.next_requests(3, 2)
+    assert [(r.task, r.seed, r.group) for r in first] == [
+        ("a", 100, 0), ("a", 100, 0), ("b", 101, 1), ("b", 101, 1), ("a", 102, 2), ("a", 102, 2)]
+    assert sampler.next_requests(1, 2)[0].seed == 103
+
+
+def test_one_grpo_iteration_changes_the_policy(tiny_policy, tiny_params):
+    pool = LocalEnvPool(tiny_params.env, 16)
+    cfg = tiny_params.rl.model_copy(update={"prompts_per_batch": 4, "group_size": 4, "max_refills": 3})
+    kept, info = collect_mixed_groups(tiny_policy, pool, PromptSampler(["red", "blue"], 0), cfg,
+                                      torch.Generator().manual_seed(0), RolloutStats())
+    assert 0 <= info["success_rate"] <= 1 and info["episodes"] >= 16
+    assert kept, "with this seed the untrained policy reaches a disc in some, not all, samples"
+    rewards = [t.success for t in kept]
+    assert len(kept) % 4 == 0 and 0 < sum(rewards) < len(rewards)
+    before = [p.detach().clone() for p in tiny_policy.model.parameters()]
+    trainer = DeepSpeedTrainer(tiny_policy.model, cfg.lr, 0.0, 1.0, cfg.mini_batch_trajectories)
+    metrics = grpo_update(tiny_policy, trainer, kept, cfg, np.random.default_rng(0))
+    assert set(metrics) >= {"loss", "clip_fraction", "approx_kl", "entropy", "grad_norm"}
+    assert any(not torch.equal(a, b) for a, b in zip(before, tiny_policy.model.parameters()))
+
+
+def test_zero_success_policy_is_detected_and_rl_stops(tiny_policy, tiny_params, caplog):
+    env_cfg = tiny_params.env.model_copy(update={"max_steps": 1})  # one step never reaches a disc
+    cfg = tiny_params.rl.model_copy(update={"iterations": 50, "max_idle_iterations": 3})
+    with caplog.at_level(logging.WARNING, logger="svrl"):
+        history = train_grpo(tiny_policy, LocalEnvPool(env_cfg, 8), ["red", "blue"], cfg)
+    assert len(history) == 3 and all(row["success_rate"] == 0 for row in history)
+    assert "no group had mixed rewards" in caplog.text and "stopping after 3 iterations" in caplog.text
