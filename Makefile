@@ -16,7 +16,7 @@ $(STAMP): requirements.lock pyproject.toml Makefile
 	test -x $(PY) || python3.11 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
-	$(PY) -m svrl_core.training.engine  # compile DeepSpeed's CPU comm op once, into the venv
+	$(PY) -c 'from svrl_core.training.engine import prebuild_ops; prebuild_ops()'  # DeepSpeed CPU comm op, once
 	touch $(STAMP)
 
 run: setup

@@ -21,6 +21,7 @@ def run_stage(flow: Callable[..., object]) -> None:
     parser.add_argument("--params", default="params.yaml", help="path to params.yaml")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.getLogger("svrl").setLevel(logging.INFO)  # progress lines, also captured by Prefect
     torch.set_num_threads(1)
     try:
         flow(params_path=args.params)

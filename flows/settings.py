@@ -12,6 +12,7 @@ PREFECT_DEFAULTS = {
     "PREFECT_UI_ENABLED": "true",
     "DO_NOT_TRACK": "1",
     "WANDB_SILENT": "true",
+    "DASK_LOGGING__DISTRIBUTED": "warning",  # Dask workers read it at start; INFO lines drown the progress
 }
 LOCAL_SERVER_HOST = "127.0.0.1"
 LOCAL_SERVER_PORT = int(os.environ.get("SVRL_PREFECT_PORT", "4200"))

@@ -76,7 +76,3 @@ def prebuild_ops() -> None:
     from deepspeed.comm.torch import build_shm_op
 
     build_shm_op()
-
-
-if __name__ == "__main__":
-    prebuild_ops()
