@@ -9,7 +9,7 @@ from typing import Callable
 
 import torch
 
-from svrl_core.config import ConfigError
+from svrl_core.config import ConfigError, load_params
 from svrl_core.data import DatasetError
 from svrl_core.policies import CheckpointError
 
@@ -24,6 +24,7 @@ def run_stage(flow: Callable[..., object]) -> None:
     logging.getLogger("svrl").setLevel(logging.INFO)  # progress lines, also captured by Prefect
     torch.set_num_threads(1)
     try:
+        load_params(args.params)  # fail fast, before any Prefect server is involved
         flow(params_path=args.params)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)

@@ -3,7 +3,8 @@
 from prefect import flow
 
 from svrl_core.config import Params, load_params
-from tasks.stages import evaluate_checkpoint, write_metrics
+from tasks.evaluate import evaluate_checkpoint
+from tasks.metrics import write_metrics
 from tasks.tracking import publish_success_table, tracking_run
 
 

@@ -2,7 +2,8 @@ from prefect import flow
 
 from flows.cli import run_stage
 from svrl_core.config import load_params
-from tasks.stages import export_policy, write_metrics
+from tasks.export import export_policy
+from tasks.metrics import write_metrics
 from tasks.tracking import tracking_run
 
 

@@ -2,7 +2,8 @@ from prefect import flow
 
 from flows.cli import run_stage
 from svrl_core.config import load_params
-from tasks.stages import generate_demos, write_metrics
+from tasks.ingest import generate_demos
+from tasks.metrics import write_metrics
 from tasks.tracking import tracking_run
 
 

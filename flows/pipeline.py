@@ -19,6 +19,7 @@ from flows.ingest import ingest_flow
 from flows.report import report_flow
 from flows.rl import rl_flow
 from flows.sft import sft_flow
+from svrl_core.config import ConfigError
 
 STAGE_FLOWS = {"ingest": ingest_flow, "sft": sft_flow, "eval_sft": eval_sft_flow, "rl": rl_flow,
                "eval_rl": eval_rl_flow, "export": export_flow, "report": report_flow}
@@ -35,7 +36,7 @@ def pipeline_flow(params_path: str = "params.yaml") -> list[str]:
     from dvc.repo import Repo
 
     if params_path != "params.yaml":
-        raise ValueError("the pipeline runs the DVC stages, which read params.yaml; edit it or use `dvc exp run`")
+        raise ConfigError("the pipeline runs the DVC stages, which read params.yaml: edit it or use `dvc exp run`")
     logger = get_run_logger()
     os.environ.setdefault("SVRL_RUN_GROUP", f"pipeline-{uuid.uuid4().hex[:8]}")
     ran = []

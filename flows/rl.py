@@ -5,7 +5,8 @@ from prefect import flow
 from flows.cli import run_stage
 from svrl_core.config import load_params
 from svrl_core.io import write_json_atomic
-from tasks.stages import train_rl_policy, write_metrics
+from tasks.metrics import write_metrics
+from tasks.rl import train_rl_policy
 from tasks.tracking import tracking_run
 
 SUMMARY_KEYS = ("success_rate", "kept_group_fraction", "env_steps_per_s")

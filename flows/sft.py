@@ -6,7 +6,8 @@ from prefect import flow
 from flows.cli import run_stage
 from svrl_core.config import load_params
 from svrl_core.io import write_json_atomic
-from tasks.stages import train_sft_policy, write_metrics
+from tasks.metrics import write_metrics
+from tasks.sft import train_sft_policy
 from tasks.tracking import tracking_run
 
 

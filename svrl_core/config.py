@@ -62,6 +62,10 @@ class PolicyConfig(Section):
     hidden_dim: int = Field(256, ge=16, le=4096)
     max_instruction_bytes: int = Field(64, ge=8, le=1024)
     unnormalized_action_dims: list[int] = Field(default_factory=list, description="gripper dims, kept in [-1, 1]")
+    trunk: Literal["mlp", "oft-transformer"] = Field("mlp", description="fusion trunk, see policies/trunks.py")
+    transformer_width: int = Field(64, ge=8, le=8192)
+    transformer_layers: int = Field(2, ge=1, le=64)
+    transformer_heads: int = Field(4, ge=1, le=128)
 
 
 class ComputeConfig(Section):

@@ -55,6 +55,12 @@ def tiny_policy(tiny_params, tiny_dataset):
     return new_policy(tiny_params.policy, tiny_dataset, seed=0)
 
 
+@pytest.fixture(params=["mlp", "oft-transformer"])
+def tiny_policy_any_trunk(request, tiny_params, tiny_dataset):
+    cfg = tiny_params.policy.model_copy(update={"trunk": request.param, "transformer_width": 16})
+    return new_policy(cfg, tiny_dataset, seed=0)
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
     """One real Prefect server for the session; subprocesses reach it through PREFECT_API_URL."""

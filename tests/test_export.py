@@ -8,7 +8,8 @@ from svrl_core.envs.toy import ToyReachEnv
 from svrl_core.export import BundlePolicy, export_bundle
 
 
-def test_bundle_reproduces_in_process_actions_exactly(tiny_policy, tiny_params, tmp_path):
+def test_bundle_reproduces_in_process_actions_exactly(tiny_policy_any_trunk, tiny_params, tmp_path):
+    tiny_policy = tiny_policy_any_trunk
     export_bundle(tiny_policy, tmp_path / "bundle", "tiny")
     spec = json.loads((tmp_path / "bundle/bundle.json").read_text())
     assert spec["format"] == "svrl-bundle-v1" and spec["postprocessing"]["n_bins"] == 32

@@ -23,7 +23,8 @@ def test_shapes_and_bins_to_actions(tiny_policy, tiny_params):
     assert tiny_policy.greedy(inputs).shape == (6, 4, 2)
 
 
-def test_log_probs_match_the_samplers_own(tiny_policy, tiny_params):
+def test_log_probs_match_the_samplers_own(tiny_policy_any_trunk, tiny_params):
+    tiny_policy = tiny_policy_any_trunk
     inputs = tiny_policy.prepare(observations(tiny_params))
     for temperature in (1.0, 1.6):
         bins, sampled = tiny_policy.sample(inputs, temperature, torch.Generator().manual_seed(1))
@@ -39,7 +40,8 @@ def test_temperature_spreads_samples(tiny_policy, tiny_params):
     assert len(torch.unique(low[:, 0, 0])) < len(torch.unique(high[:, 0, 0]))
 
 
-def test_save_load_is_exact(tiny_policy, tiny_params, tmp_path):
+def test_save_load_is_exact(tiny_policy_any_trunk, tiny_params, tmp_path):
+    tiny_policy = tiny_policy_any_trunk
     tiny_policy.save(tmp_path / "ckpt")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
         "config.json", "model.safetensors", "norm_stats.json", "tokenizer.json"]
@@ -67,3 +69,16 @@ def test_missing_or_corrupt_checkpoint(tiny_policy, tmp_path):
     (tmp_path / "ckpt/tokenizer.json").write_text("{oops")
     with pytest.raises(CheckpointError, match="corrupt"):
         VLAPolicy.load(tmp_path / "ckpt")
+
+
+def test_transformer_trunk_attends_to_the_instruction_per_row(tiny_params, tiny_dataset):
+    from svrl_core.policies import new_policy
+
+    cfg = tiny_params.policy.model_copy(update={"trunk": "oft-transformer", "transformer_width": 16})
+    policy = new_policy(cfg, tiny_dataset, seed=0)
+    obs = observations(tiny_params, 1)[0]
+    other = type(obs)(obs.images, obs.proprio, "go to the blue disc, please, quickly")
+    alone = policy.model(policy.prepare([obs]))
+    assert not torch.allclose(alone, policy.model(policy.prepare([other])))
+    # rows with other instruction lengths in the batch change nothing: masks are per row
+    assert torch.allclose(alone, policy.model(policy.prepare([obs, other]))[:1], atol=1e-5)

@@ -78,8 +78,7 @@ def _features(episode: Episode) -> dict:
     }
     features[STATE_KEY] = {"dtype": "float32", "shape": [episode.states.shape[1]], "names": None}
     features[ACTION_KEY] = {"dtype": "float32", "shape": [episode.actions.shape[1]], "names": None}
-    for key in ("timestamp",):
-        features[key] = {"dtype": "float32", "shape": [1], "names": None}
+    features["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
     for key in ("frame_index", "episode_index", "index", "task_index"):
         features[key] = {"dtype": "int64", "shape": [1], "names": None}
     return features

@@ -143,7 +143,9 @@ def new_policy(cfg: PolicyConfig, data: DemoDataset, seed: int) -> VLAPolicy:
         image_size=data.images[camera].shape[1], state_dim=data.states.shape[1], action_dim=data.actions.shape[1],
         chunk_size=cfg.chunk_size, n_bins=cfg.n_bins, conv_channels=cfg.conv_channels, n_keypoints=cfg.n_keypoints,
         instruction_dim=cfg.instruction_dim, hidden_dim=cfg.hidden_dim,
-        max_instruction_bytes=cfg.max_instruction_bytes, camera=camera))
+        max_instruction_bytes=cfg.max_instruction_bytes, camera=camera, trunk=cfg.trunk,
+        transformer_width=cfg.transformer_width, transformer_layers=cfg.transformer_layers,
+        transformer_heads=cfg.transformer_heads))
     tokenizer = ActionTokenizer.from_stats(data.stats["action"], cfg.n_bins, tuple(cfg.unnormalized_action_dims))
     return VLAPolicy(model.eval(), tokenizer, np.asarray(state_stats["mean"], dtype=np.float32),
                      np.asarray(state_stats["std"], dtype=np.float32), data.stats)

@@ -1,8 +1,9 @@
 """TinyVLA: a small vision-language-action network trained from scratch on CPU.
 
 image + coordinate channels -> convs modulated by the instruction (FiLM) -> spatial-softmax
-keypoints; [keypoints, instruction, proprio] -> MLP -> logits for all K x D action-bin
-tokens of a chunk in one forward pass (OFT-style parallel decoding).
+keypoints; a fusion trunk (trunks.py) turns keypoints, instruction and proprio into the
+logits of all K x D action-bin tokens of a chunk in one forward pass (OFT-style parallel
+decoding).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from svrl_core.policies.text import PAD, VOCAB_SIZE
+from svrl_core.policies.trunks import MlpTrunk, OftTransformerTrunk
 
 ARCHITECTURE = "tiny-vla-film-keypoints-v1"
+TRUNKS = ("mlp", "oft-transformer")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,10 @@ class TinyVLAConfig:
     hidden_dim: int
     max_instruction_bytes: int
     camera: str = "main"
+    trunk: str = "mlp"
+    transformer_width: int = 64
+    transformer_layers: int = 2
+    transformer_heads: int = 4
     architecture: str = ARCHITECTURE
 
     def to_dict(self) -> dict:
@@ -111,16 +118,18 @@ class TinyVLA(nn.Module):
         self.cfg = cfg
         self.instruction = InstructionEncoder(cfg.instruction_dim)
         self.vision = VisionEncoder(cfg.conv_channels, cfg.n_keypoints, cfg.instruction_dim)
-        fused = 2 * cfg.n_keypoints + cfg.instruction_dim + cfg.state_dim
-        self.head = nn.Sequential(
-            nn.Linear(fused, cfg.hidden_dim), nn.ReLU(),
-            nn.Linear(cfg.hidden_dim, cfg.hidden_dim), nn.ReLU(),
-            nn.Linear(cfg.hidden_dim, cfg.n_action_tokens * cfg.n_bins),
-        )
+        if cfg.trunk == "mlp":
+            self.trunk = MlpTrunk(cfg.n_keypoints, cfg.instruction_dim, cfg.state_dim, cfg.hidden_dim,
+                                  cfg.n_action_tokens, cfg.n_bins)
+        elif cfg.trunk == "oft-transformer":
+            self.trunk = OftTransformerTrunk(cfg.n_keypoints, cfg.state_dim, cfg.transformer_width,
+                                             cfg.transformer_layers, cfg.transformer_heads, cfg.n_action_tokens,
+                                             cfg.n_bins, cfg.max_instruction_bytes)
+        else:
+            raise ValueError(f"unknown trunk {cfg.trunk!r}; valid: {TRUNKS}")
 
     def forward(self, inputs: PolicyInputs) -> torch.Tensor:
         """-> (B, K * D, n_bins) action-bin logits."""
         text = self.instruction(inputs.instruction_ids)  # (B, E)
-        keypoints = self.vision(inputs.images, text)  # (B, 2 * n_keypoints)
-        fused = torch.cat([keypoints, text, inputs.states], dim=1)
-        return self.head(fused).view(-1, self.cfg.n_action_tokens, self.cfg.n_bins)
+        keypoints = self.vision(inputs.images, text).unflatten(1, (-1, 2))  # (B, n_keypoints, 2)
+        return self.trunk(keypoints, text, inputs.instruction_ids, inputs.states)

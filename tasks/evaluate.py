@@ -1,0 +1,20 @@
+"""Greedy evaluation of a checkpoint on Dask env workers."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from svrl_core.config import Params
+from svrl_core.evaluation import evaluate_policy, save_episode_gifs
+from svrl_core.policies import VLAPolicy
+from tasks.cluster import env_pool
+
+
+@task
+def evaluate_checkpoint(params: Params, model_dir: str, videos_dir: str) -> dict:
+    policy = VLAPolicy.load(model_dir)
+    with env_pool(params.env, params.compute) as pool:
+        table, trajectories = evaluate_policy(policy, pool, list(params.env.tasks), params.eval)
+    gifs = save_episode_gifs(trajectories, videos_dir, params.eval.n_videos, policy.cfg.camera)
+    table["videos"] = [str(p) for p in gifs]
+    return table

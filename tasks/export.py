@@ -1,0 +1,35 @@
+"""The deployable bundle, checked against the in-process policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from prefect import task
+
+from svrl_core.config import Params
+from svrl_core.envs.toy import ToyReachEnv
+from svrl_core.export import BundlePolicy, export_bundle
+from svrl_core.policies import VLAPolicy
+
+
+@task
+def export_policy(params: Params) -> dict:
+    """Export the RL policy and check the bundle reproduces in-process greedy actions exactly."""
+    policy = VLAPolicy.load(params.paths.rl_model)
+    export_bundle(policy, params.paths.export, params.export.name)
+    env, observations = ToyReachEnv(params.env), []
+    for j, task_name in enumerate(params.env.tasks * 8):
+        observations.append(env.reset(task_name, params.eval.seed_start + j))
+    inputs = policy.prepare(observations)
+    expected = policy.bins_to_actions(policy.greedy(inputs))
+    bundle = BundlePolicy(params.paths.export)
+    got = bundle.act_batch(np.stack([o.images[policy.cfg.camera] for o in observations]),
+                           np.stack([o.proprio for o in observations]), [o.instruction for o in observations])
+    max_diff = float(np.abs(got - expected).max())
+    if max_diff != 0.0:
+        raise RuntimeError(f"export: the bundle's actions differ from the policy's by up to {max_diff}")
+    size = sum(f.stat().st_size for f in Path(params.paths.export).rglob("*") if f.is_file())
+    return {"checked_observations": len(observations), "max_action_difference": max_diff, "bundle_bytes": size,
+            "torch": torch.__version__}

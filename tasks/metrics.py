@@ -1,0 +1,22 @@
+"""Stage metrics: one json file per stage under paths.metrics (DVC metrics)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from svrl_core.config import Params
+from svrl_core.io import write_json_atomic
+
+
+def write_metrics(params: Params, name: str, payload: object) -> Path:
+    path = Path(params.paths.metrics) / f"{name}.json"
+    write_json_atomic(path, payload)
+    return path
+
+
+def read_metrics(params: Params, name: str) -> dict | list:
+    path = Path(params.paths.metrics) / f"{name}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the stage that writes it (`dvc repro`)")
+    return json.loads(path.read_text())
