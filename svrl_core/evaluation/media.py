@@ -17,12 +17,22 @@ GIF_SCALE = 4
 GIF_FRAME_MS = 250
 
 
+def across_tasks(trajectories: list[Trajectory]) -> list[Trajectory]:
+    """Reorder so that the first episode of every task comes before the second of any."""
+    rank: dict[str, int] = {}
+    keyed = []
+    for traj in trajectories:
+        keyed.append((rank.get(traj.request.task, 0), traj))
+        rank[traj.request.task] = rank.get(traj.request.task, 0) + 1
+    return [traj for _, traj in sorted(keyed, key=lambda pair: pair[0])]
+
+
 def save_episode_gifs(trajectories: list[Trajectory], directory: str | Path, n_videos: int, camera: str) -> list[Path]:
-    """Write up to n_videos GIFs, half successes and half failures where both exist."""
+    """Write up to n_videos GIFs, half successes and half failures where both exist, spread over tasks."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    successes = [t for t in trajectories if t.success]
-    failures = [t for t in trajectories if not t.success]
+    successes = across_tasks([t for t in trajectories if t.success])
+    failures = across_tasks([t for t in trajectories if not t.success])
     n_success = min(len(successes), max(n_videos - len(failures), (n_videos + 1) // 2))
     chosen = successes[:n_success] + failures[: n_videos - n_success]
     paths = []

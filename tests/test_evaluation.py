@@ -1,0 +1,45 @@
+import numpy as np
+from PIL import Image
+
+from svrl_core.envs.base import Obs
+from svrl_core.evaluation import plot_success_rates, save_episode_gifs, success_table
+from svrl_core.report import write_report
+from svrl_core.rollout import EpisodeRequest, Trajectory
+
+
+def fake_trajectory(task: str, seed: int, success: bool) -> Trajectory:
+    obs = [Obs({"main": np.full((8, 8, 3), 50 * t, dtype=np.uint8)}, np.zeros(2, np.float32), f"move to the {task} disc")
+           for t in range(3)]
+    return Trajectory(EpisodeRequest(task, seed), obs[:2], [np.zeros((4, 2), int)] * 2, [4, 2], obs[2], success)
+
+
+def trajectories():
+    return [fake_trajectory(task, seed, success=seed % 2 == 0) for task in ("red", "blue") for seed in range(4)]
+
+
+def test_success_table_counts_per_task():
+    table = success_table(trajectories())
+    assert table["success_rate"] == 0.5 and table["episodes"] == 8 and table["mean_steps"] == 6
+    assert table["per_task"]["red"] == {"episodes": 4, "successes": 2, "success_rate": 0.5}
+
+
+def test_gifs_mix_outcomes_and_tasks(tmp_path):
+    paths = save_episode_gifs(trajectories(), tmp_path, 4, "main")
+    names = sorted(p.name for p in paths)
+    assert names == ["blue_seed0_success.gif", "blue_seed1_failure.gif", "red_seed0_success.gif",
+                     "red_seed1_failure.gif"]
+    gif = Image.open(paths[0])
+    assert gif.n_frames == 3 and gif.size == (32, 32)
+
+
+def test_report_and_plots(tmp_path):
+    table = success_table(trajectories())
+    better = {**table, "success_rate": 0.75}
+    history = [{"iteration": i, "success_rate": 0.1 * i, "kept_group_fraction": 0.5, "env_steps_per_s": 1000.0}
+               for i in range(1, 6)]
+    path = write_report("title", table, better, history, tmp_path)
+    text = path.read_text()
+    assert "| **all** (8 / 8 episodes) | **0.50** | **0.75** | **+0.25** |" in text
+    assert (tmp_path / "success.png").stat().st_size > 1000 and (tmp_path / "learning_curve.png").stat().st_size > 1000
+    plot_success_rates({"only": table}, tmp_path / "one.png")
+    assert (tmp_path / "one.png").is_file()
