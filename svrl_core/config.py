@@ -28,6 +28,7 @@ class PathsConfig(Section):
     demos: str = "data/demos/toy"
     sft_model: str = "models/sft"
     rl_model: str = "models/rl"
+    rl_state: str = ".svrl/rl_state"
     metrics: str = "metrics"
     plots: str = "plots"
     videos: str = "videos"
@@ -74,6 +75,7 @@ class ComputeConfig(Section):
     n_workers: int = Field(2, ge=1, le=1024, description="Dask env workers (LocalCluster)")
     envs_per_worker: int = Field(64, ge=1, le=4096)
     scheduler_address: str | None = Field(None, description="tcp://host:port of a running Dask scheduler")
+    max_worker_failures: int = Field(3, ge=0, le=1000, description="env worker losses tolerated per rollout pool")
     torch_threads: int = Field(1, ge=1, le=256)
 
 
@@ -132,6 +134,7 @@ class RlConfig(Section):
     seed_start: int = Field(10_000, ge=0, description="initial states for RL; disjoint from eval")
     seed: int = Field(0, ge=0)
     max_idle_iterations: int = Field(5, ge=1, description="stop after this many iterations without a mixed group")
+    checkpoint_every: int = Field(10, ge=1, description="iterations between resumable state saves")
 
 
 class ExportConfig(Section):

@@ -1,7 +1,10 @@
-"""GRPO from the SFT checkpoint on Dask env workers."""
+"""GRPO from the SFT checkpoint on Dask env workers, resumable after a kill."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
 from typing import Callable
 
 from prefect import task
@@ -12,10 +15,19 @@ from svrl_core.policies import VLAPolicy
 from tasks.cluster import env_pool
 
 
+def run_fingerprint(params: Params) -> str:
+    """Names one RL run: its config and the exact starting weights."""
+    weights = hashlib.sha256((Path(params.paths.sft_model) / "model.safetensors").read_bytes()).hexdigest()
+    config = json.dumps({"rl": params.rl.model_dump(), "env": params.env.model_dump(), "sft": weights},
+                        sort_keys=True)
+    return hashlib.sha256(config.encode()).hexdigest()
+
+
 @task
 def train_rl_policy(params: Params, on_iteration: Callable[[dict], None]) -> list[dict]:
     policy = VLAPolicy.load(params.paths.sft_model)
     with env_pool(params.env, params.compute) as pool:
-        history = train_grpo(policy, pool, list(params.env.tasks), params.rl, on_iteration)
+        history = train_grpo(policy, pool, list(params.env.tasks), params.rl, on_iteration,
+                             state_dir=params.paths.rl_state, fingerprint=run_fingerprint(params))
     policy.save(params.paths.rl_model)
     return history

@@ -42,3 +42,58 @@ def test_dask_pool_matches_the_local_pool(tiny_policy, tiny_params):
     for a, b in zip(local, remote):
         assert a.success == b.success and a.steps == b.steps
         assert np.array_equal(a.final_obs.images["main"], b.final_obs.images["main"])
+
+
+@pytest.mark.integration
+def test_a_killed_worker_costs_time_not_episodes(tiny_policy, tiny_params):
+    """Kill an env worker mid-rollout: its episodes re-run; counts and rewards equal a clean run."""
+    import os
+    import signal
+
+    from svrl_core.rollout import RolloutStats
+    from svrl_core.rollout.dask_pool import DaskEnvPool
+    from tasks.cluster import dask_client
+
+    reqs = requests(tiny_params, n_per_task=4)
+    clean = run_episodes(tiny_policy, LocalEnvPool(tiny_params.env, 16), reqs, None)
+    with dask_client(tiny_params.compute.model_copy(update={"n_workers": 2})) as client:
+        pool = DaskEnvPool(client, tiny_params.env, envs_per_worker=4)
+        victim = client.run(os.getpid)[sorted(client.scheduler_info()["workers"])[0]]
+        real_step, calls = pool.step, []
+
+        def step_then_kill(slots, chunks):
+            calls.append(1)
+            if len(calls) == 2:
+                os.kill(victim, signal.SIGKILL)
+            return real_step(slots, chunks)
+
+        pool.step = step_then_kill
+        stats = RolloutStats()
+        rerun = run_episodes(tiny_policy, pool, reqs, None, stats=stats)
+        assert pool.worker_failures == 1 and stats.restarted_episodes >= 1
+    assert [t.request for t in rerun] == reqs
+    for a, b in zip(clean, rerun):
+        assert (a.success, a.steps, len(a.bins)) == (b.success, b.steps, len(b.bins))
+        assert all(np.array_equal(x, y) for x, y in zip(a.bins, b.bins))
+
+
+@pytest.mark.integration
+def test_losing_workers_too_often_fails_clearly(tiny_policy, tiny_params):
+    import os
+    import signal
+
+    from svrl_core.rollout.dask_pool import DaskEnvPool
+    from tasks.cluster import dask_client
+
+    with dask_client(tiny_params.compute.model_copy(update={"n_workers": 1})) as client:
+        pool = DaskEnvPool(client, tiny_params.env, envs_per_worker=4, max_worker_failures=0)
+        real_step = pool.step
+
+        def kill_then_step(slots, chunks):
+            for pid in client.run(os.getpid).values():
+                os.kill(pid, signal.SIGKILL)
+            return real_step(slots, chunks)
+
+        pool.step = kill_then_step
+        with pytest.raises(RuntimeError, match="lost env workers 1 times"):
+            run_episodes(tiny_policy, pool, requests(tiny_params), None)

@@ -1,5 +1,7 @@
 import logging
 
+import pytest
+
 import numpy as np
 import torch
 
@@ -63,4 +65,53 @@ def test_zero_success_policy_is_detected_and_rl_stops(tiny_policy, tiny_params, 
     with caplog.at_level(logging.WARNING, logger="svrl"):
         history = train_grpo(tiny_policy, LocalEnvPool(env_cfg, 8), ["red", "blue"], cfg)
     assert len(history) == 3 and all(row["success_rate"] == 0 for row in history)
-    assert "no group had mixed rewards" in caplog.text and "stopping after 3 iterations" in caplog.text
+    assert "no group had mixed rewards" in caplog.text and "stopped after 3 iterations" in caplog.text
+    assert "zero-success limit" in caplog.text
+
+
+TIMING_KEYS = {"rollout_time_s", "env_steps_per_s", "inference_time_s", "update_time_s"}
+
+
+def without_timings(history):
+    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in history]
+
+
+def test_resumed_run_matches_an_uninterrupted_run(tiny_params, tiny_dataset, tmp_path):
+    cfg = tiny_params.rl.model_copy(update={"iterations": 4, "checkpoint_every": 2, "prompts_per_batch": 4,
+                                            "max_refills": 2, "max_idle_iterations": 10})
+    pool = LocalEnvPool(tiny_params.env, 16)
+    tasks = list(tiny_params.env.tasks)
+
+    straight = new_policy(tiny_params.policy, tiny_dataset, seed=0)
+    expected = train_grpo(straight, pool, tasks, cfg)
+    assert any("loss" in row for row in expected), "the test needs at least one real update"
+
+    class Killed(Exception):
+        pass
+
+    def die_after_three(row):
+        if row["iteration"] == 3:  # after the save at 2, before the one at 4
+            raise Killed
+
+    first = new_policy(tiny_params.policy, tiny_dataset, seed=0)
+    with pytest.raises(Killed):
+        train_grpo(first, pool, tasks, cfg, die_after_three, state_dir=tmp_path / "state", fingerprint="run-a")
+    resumed = new_policy(tiny_params.policy, tiny_dataset, seed=0)
+    history = train_grpo(resumed, pool, tasks, cfg, state_dir=tmp_path / "state", fingerprint="run-a")
+    assert without_timings(history) == without_timings(expected)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_state_of_another_run_is_not_resumed(tiny_params, tiny_dataset, tmp_path):
+    cfg = tiny_params.rl.model_copy(update={"iterations": 2, "checkpoint_every": 1})
+    pool = LocalEnvPool(tiny_params.env, 16)
+    policy = new_policy(tiny_params.policy, tiny_dataset, seed=0)
+    train_grpo(policy, pool, ["red", "blue"], cfg, state_dir=tmp_path / "state", fingerprint="run-a")
+    ran = []
+    train_grpo(new_policy(tiny_params.policy, tiny_dataset, seed=0), pool, ["red", "blue"], cfg, ran.append,
+               state_dir=tmp_path / "state", fingerprint="run-a")
+    assert ran == [], "the same run, finished: resumes at its end and runs nothing"
+    train_grpo(new_policy(tiny_params.policy, tiny_dataset, seed=0), pool, ["red", "blue"], cfg, ran.append,
+               state_dir=tmp_path / "state", fingerprint="run-b")
+    assert [row["iteration"] for row in ran] == [1, 2], "another run's state is ignored"

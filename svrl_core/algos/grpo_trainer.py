@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -15,7 +16,7 @@ from svrl_core.config import RlConfig
 from svrl_core.policies import PolicyInputs, VLAPolicy, token_log_probs
 from svrl_core.progress import Progress
 from svrl_core.rollout import EnvPool, EpisodeRequest, RolloutStats, Trajectory, run_episodes
-from svrl_core.training import DeepSpeedTrainer
+from svrl_core.training import DeepSpeedTrainer, load_training_state, save_training_state
 
 logger = logging.getLogger("svrl")
 INFERENCE_BATCH = 512
@@ -126,34 +127,76 @@ def grpo_update(policy: VLAPolicy, trainer: DeepSpeedTrainer, trajectories: list
     return {k: float(np.mean([m[k] for m in rows])) for k in rows[0]}
 
 
+def why_nothing_to_learn(success_rate: float) -> str:
+    if success_rate >= 0.5:
+        return "every group succeeded throughout; the policy has nothing left to learn on these initial states"
+    return ("every group failed throughout; GRPO needs a policy that sometimes succeeds (SimpleVLA-RL's "
+            "zero-success limit): fine-tune on more demonstrations first")
+
+
+def iteration_seed(seed: int, iteration: int) -> int:
+    """The sampling seed of one iteration: recorded per row, so any iteration can be replayed."""
+    return int(np.random.SeedSequence([seed, iteration]).generate_state(1)[0])
+
+
+def idle_streak(history: list[dict]) -> int:
+    """Trailing iterations that had no mixed group (and so no update)."""
+    streak = 0
+    for row in reversed(history):
+        if "loss" in row:
+            break
+        streak += 1
+    return streak
+
+
+def grpo_iteration(policy: VLAPolicy, pool: EnvPool, trainer: DeepSpeedTrainer, sampler: PromptSampler,
+                   cfg: RlConfig, iteration: int) -> dict:
+    """Rollout with dynamic sampling, then one GRPO update if any group had mixed rewards."""
+    seed = iteration_seed(cfg.seed, iteration)
+    generator, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
+    stats, first_prompt, began = RolloutStats(), sampler.cursor, time.monotonic()
+    kept, row = collect_mixed_groups(policy, pool, sampler, cfg, generator, stats)
+    rollout_s = time.monotonic() - began
+    row.update(iteration=iteration, sampling_seed=seed, prompts=[first_prompt, sampler.cursor],
+               env_steps=stats.env_steps, rollout_time_s=rollout_s, env_steps_per_s=stats.env_steps / max(rollout_s, 1e-9),
+               inference_time_s=stats.inference_time_s, restarted_episodes=stats.restarted_episodes)
+    if kept:
+        began = time.monotonic()
+        row.update(grpo_update(policy, trainer, kept, cfg, rng), update_time_s=time.monotonic() - began)
+    else:
+        logger.warning("rl iteration %d: no group had mixed rewards (success rate %.3f over %d episodes): %s",
+                       iteration, row["success_rate"], row["episodes"], why_nothing_to_learn(row["success_rate"]))
+    return row
+
+
 def train_grpo(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: RlConfig,
-               on_iteration: Callable[[dict], None] = lambda row: None) -> list[dict]:
-    """Run `cfg.iterations` GRPO iterations in place; returns one metrics row per iteration."""
+               on_iteration: Callable[[dict], None] = lambda row: None,
+               state_dir: str | Path | None = None, fingerprint: str = "") -> list[dict]:
+    """Run `cfg.iterations` GRPO iterations on `policy` in place; returns one metrics row per iteration.
+
+    With `state_dir`, the state is saved every `cfg.checkpoint_every` iterations and a run
+    with the same fingerprint resumes from it, giving the same metrics as an uninterrupted run.
+    """
     torch.manual_seed(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    sampler = PromptSampler(tasks, cfg.seed_start)
     trainer = DeepSpeedTrainer(policy.model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.mini_batch_trajectories)
-    progress, history, idle = Progress("rl", cfg.iterations, "iterations"), [], 0
-    for iteration in range(1, cfg.iterations + 1):
-        stats, began = RolloutStats(), time.monotonic()
-        kept, row = collect_mixed_groups(policy, pool, sampler, cfg, generator, stats)
-        rollout_s = time.monotonic() - began
-        row.update(iteration=iteration, env_steps=stats.env_steps, rollout_time_s=rollout_s,
-                   env_steps_per_s=stats.env_steps / max(rollout_s, 1e-9), inference_time_s=stats.inference_time_s)
-        if kept:
-            idle, began = 0, time.monotonic()
-            row.update(grpo_update(policy, trainer, kept, cfg, rng), update_time_s=time.monotonic() - began)
-        else:
-            idle += 1
-            logger.warning("rl iteration %d: no group had mixed rewards (success rate %.3f over %d episodes): "
-                           "nothing to learn from; SimpleVLA-RL needs an SFT policy that sometimes succeeds "
-                           "and sometimes fails", iteration, row["success_rate"], row["episodes"])
+    sampler, history = PromptSampler(tasks, cfg.seed_start), []
+    saved = load_training_state(state_dir, fingerprint) if state_dir else None
+    if saved:
+        policy.model.load_state_dict(saved.policy.model.state_dict())
+        trainer.optimizer.load_state_dict(saved.optimizer_state)
+        history, sampler.cursor = saved.progress["history"], saved.progress["prompt_cursor"]
+        logger.info("rl: resuming after iteration %d from %s", len(history), state_dir)
+    progress = Progress("rl", cfg.iterations, "iterations")
+    while len(history) < cfg.iterations and idle_streak(history) < cfg.max_idle_iterations:
+        row = grpo_iteration(policy, pool, trainer, sampler, cfg, len(history) + 1)
         history.append(row)
         on_iteration(row)
-        progress.update(iteration, success=row["success_rate"], kept=row["kept_group_fraction"])
-        if idle >= cfg.max_idle_iterations:
-            logger.warning("rl: stopping after %d iterations without a mixed group (last success rate %.3f)",
-                           idle, row["success_rate"])
-            break
+        progress.update(len(history), success=row["success_rate"], kept=row["kept_group_fraction"])
+        finished = len(history) == cfg.iterations or idle_streak(history) >= cfg.max_idle_iterations
+        if state_dir and (len(history) % cfg.checkpoint_every == 0 or finished):
+            save_training_state(state_dir, fingerprint, policy, trainer.optimizer,
+                                {"history": history, "prompt_cursor": sampler.cursor})
+    if idle_streak(history) >= cfg.max_idle_iterations:
+        logger.warning("rl: stopped after %d iterations without a mixed group (last success rate %.3f): %s",
+                       idle_streak(history), history[-1]["success_rate"], why_nothing_to_learn(history[-1]["success_rate"]))
     return history

@@ -41,20 +41,36 @@ class RolloutStats:
     env_steps: int = 0
     env_time_s: float = 0.0
     inference_time_s: float = 0.0
+    restarted_episodes: int = 0  # episodes re-run from the start after their env worker was lost
+
+
+def _reset_all(pool: EnvPool, slot_of: dict[int, int], requests: list[EpisodeRequest], ids: list[int]) -> dict[int, Obs]:
+    """Reset every id on its slot, retrying slots whose worker was lost (the pool bounds retries)."""
+    observations: dict[int, Obs] = {}
+    pending = ids
+    while pending:
+        for i, obs in zip(pending, pool.reset([slot_of[i] for i in pending], [requests[i] for i in pending])):
+            if obs is not None:
+                observations[i] = obs
+        pending = [i for i in pending if i not in observations]
+    return observations
 
 
 def run_episodes(policy: VLAPolicy, pool: EnvPool, requests: list[EpisodeRequest], temperature: float | None,
                  generator: torch.Generator | None = None, stats: RolloutStats | None = None,
                  progress_name: str | None = None) -> list[Trajectory]:
-    """Run every request to its end; greedy when `temperature` is None, else sampled."""
+    """Run every request to its end; greedy when `temperature` is None, else sampled.
+
+    An episode whose env was lost mid-way (pool answered None) is re-run from its initial
+    state: every request yields exactly one complete trajectory.
+    """
     stats = stats or RolloutStats()
     trajectories = [Trajectory(r) for r in requests]
     progress = Progress(progress_name, len(requests), "episodes") if progress_name else None
     for start in range(0, len(requests), pool.capacity):
         wave = list(range(start, min(start + pool.capacity, len(requests))))
-        slots = list(range(len(wave)))
-        obs = dict(zip(wave, pool.reset(slots, [requests[i] for i in wave])))
-        live = dict(zip(wave, slots))  # trajectory index -> env slot
+        live = {i: slot for slot, i in enumerate(wave)}  # trajectory index -> env slot
+        obs = _reset_all(pool, live, requests, wave)
         while live:
             ids = list(live)
             began = time.monotonic()
@@ -69,7 +85,10 @@ def run_episodes(policy: VLAPolicy, pool: EnvPool, requests: list[EpisodeRequest
             results = pool.step([live[i] for i in ids], actions)
             stats.inference_time_s += stepped - began
             stats.env_time_s += time.monotonic() - stepped
+            lost = [i for i, result in zip(ids, results) if result is None]
             for i, chunk, result in zip(ids, bins, results):
+                if result is None:
+                    continue
                 traj = trajectories[i]
                 traj.observations.append(obs[i])
                 traj.bins.append(chunk)
@@ -79,6 +98,11 @@ def run_episodes(policy: VLAPolicy, pool: EnvPool, requests: list[EpisodeRequest
                 if result.done:
                     traj.final_obs, traj.success = result.obs, result.success
                     del live[i]
+            if lost:
+                stats.restarted_episodes += len(lost)
+                for i in lost:
+                    trajectories[i] = Trajectory(requests[i])
+                obs.update(_reset_all(pool, live, requests, lost))
         if progress:
             progress.update(wave[-1] + 1)
     return trajectories

@@ -23,11 +23,11 @@ class EpisodeRequest:
 class EnvPool(Protocol):
     capacity: int
 
-    def reset(self, slots: list[int], requests: list[EpisodeRequest]) -> list[Obs]:
-        """Start `requests[i]` in env `slots[i]`."""
+    def reset(self, slots: list[int], requests: list[EpisodeRequest]) -> list[Obs | None]:
+        """Start `requests[i]` in env `slots[i]`; None where that env was lost (retry the reset)."""
 
-    def step(self, slots: list[int], chunks: np.ndarray) -> list[StepResult]:
-        """Execute `chunks[i]` (K, D) in env `slots[i]`."""
+    def step(self, slots: list[int], chunks: np.ndarray) -> list[StepResult | None]:
+        """Execute `chunks[i]` (K, D) in env `slots[i]`; None where that env was lost mid-episode."""
 
     def close(self) -> None: ...
 

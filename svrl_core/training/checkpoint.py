@@ -1,0 +1,51 @@
+"""Resumable training state: policy, optimizer and progress, written atomically.
+
+A state belongs to one run, named by a fingerprint of everything that determines it
+(config, starting checkpoint). A state with another fingerprint is never resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from svrl_core.io import atomic_directory, write_json_atomic
+from svrl_core.policies import CheckpointError, VLAPolicy
+
+logger = logging.getLogger("svrl")
+
+
+@dataclass
+class TrainingState:
+    policy: VLAPolicy
+    optimizer_state: dict
+    progress: dict  # json: iteration, cursors, history, ...
+
+
+def save_training_state(directory: str | Path, fingerprint: str, policy: VLAPolicy,
+                        optimizer: torch.optim.Optimizer, progress: dict) -> None:
+    with atomic_directory(directory) as staging:
+        policy.save(staging / "policy")
+        torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+        write_json_atomic(staging / "state.json", {"fingerprint": fingerprint, **progress})
+
+
+def load_training_state(directory: str | Path, fingerprint: str) -> TrainingState | None:
+    """The saved state if it belongs to this run; None if there is none or it is another run's."""
+    directory = Path(directory)
+    if not (directory / "state.json").is_file():
+        return None
+    try:
+        progress = json.loads((directory / "state.json").read_text())
+        if progress.pop("fingerprint", None) != fingerprint:
+            logger.info("%s holds another run's state (different config or start); starting fresh", directory)
+            return None
+        optimizer_state = torch.load(directory / "optimizer.pt", weights_only=True)
+        return TrainingState(VLAPolicy.load(directory / "policy"), optimizer_state, progress)
+    except (OSError, json.JSONDecodeError, RuntimeError, CheckpointError) as err:
+        logger.warning("%s: unreadable training state (%s); starting fresh", directory, err)
+        return None
