@@ -120,6 +120,7 @@ class RlConfig(Section):
     iterations: int = Field(200, ge=1, le=1_000_000)
     prompts_per_batch: int = Field(16, ge=1, description="initial states sampled per rollout batch")
     group_size: int = Field(8, ge=2, le=1024, description="G trajectories per initial state")
+    dynamic_sampling: bool = Field(True, description="train only on groups with mixed rewards, refilling")
     min_valid_groups: int = Field(8, ge=1, description="dynamic sampling refills until this many mixed groups")
     max_refills: int = Field(3, ge=0, le=100)
     temperature: float = Field(1.6, gt=0.0, le=10.0)
@@ -135,6 +136,14 @@ class RlConfig(Section):
     seed: int = Field(0, ge=0)
     max_idle_iterations: int = Field(5, ge=1, description="stop after this many iterations without a mixed group")
     checkpoint_every: int = Field(10, ge=1, description="iterations between resumable state saves")
+
+
+    @model_validator(mode="after")
+    def _whole_groups(self) -> "RlConfig":
+        if self.mini_batch_trajectories % self.group_size:
+            raise ValueError(f"mini_batch_trajectories={self.mini_batch_trajectories} must be a multiple of "
+                             f"group_size={self.group_size} so that mini-batches hold whole groups")
+        return self
 
 
 class ExportConfig(Section):
@@ -169,6 +178,8 @@ def _describe(error: dict) -> str:
     key = ".".join(str(part) for part in error["loc"]) or "(top level)"
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key (check the spelling against params.yaml's documented sections)"
+    if isinstance(error["input"], dict):  # a check across keys of one section
+        return f"{key}: {error['msg'].removeprefix('Value error, ')}"
     return f"{key} = {error['input']!r}: {error['msg']}"
 
 

@@ -57,3 +57,14 @@ def test_top_level_must_be_mapping():
 def test_duplicate_tasks_rejected():
     with pytest.raises(ConfigError, match="tasks must be unique"):
         parse_params({"env": {"tasks": ["red", "red"]}})
+
+
+def test_mini_batches_must_hold_whole_groups():
+    with pytest.raises(ConfigError, match="mini_batch_trajectories=12 must be a multiple of group_size=8"):
+        parse_params({"rl": {"mini_batch_trajectories": 12}})
+
+
+def test_temperature_and_clip_ranges():
+    for bad in ({"temperature": 0}, {"clip_low": 1.0}, {"clip_high": 0}, {"group_size": 1}):
+        with pytest.raises(ConfigError, match=f"rl.{next(iter(bad))} = "):
+            parse_params({"rl": bad})

@@ -83,3 +83,47 @@ def test_masked_tokens_do_not_count():
     assert aggregate_tokens(values, mask, "token-mean").item() == pytest.approx(3.0)
     with pytest.raises(ValueError, match="valid"):
         aggregate_tokens(values, mask, "sum")
+
+
+def loop_clipped_loss(logp, old, adv, mask, clip_low, clip_high, aggregation):
+    """The surrogate written token by token, as a reference for the vectorized one."""
+    per_seq, all_tokens = [], []
+    for n in range(logp.shape[0]):
+        tokens = []
+        for t in range(logp.shape[1]):
+            if mask[n, t]:
+                ratio = float(torch.exp(logp[n, t] - old[n, t]))
+                clipped = min(max(ratio, 1 - clip_low), 1 + clip_high)
+                tokens.append(-min(ratio * float(adv[n]), clipped * float(adv[n])))
+        all_tokens += tokens
+        if tokens:
+            per_seq.append(sum(tokens) / len(tokens))
+    if aggregation == "token-mean":
+        return sum(all_tokens) / len(all_tokens)
+    return sum(per_seq) / len(per_seq)
+
+
+@pytest.mark.parametrize("aggregation", ["seq-mean-token-mean", "token-mean"])
+def test_loss_matches_a_plain_loop_over_random_shapes(aggregation):
+    gen = torch.Generator().manual_seed(0)
+    for n, t in [(1, 1), (3, 5), (8, 17), (16, 56)]:
+        for _ in range(3):
+            logp = -torch.rand(n, t, generator=gen) * 3
+            old = logp + torch.randn(n, t, generator=gen) * 0.3
+            adv = torch.randn(n, generator=gen)
+            mask = torch.rand(n, t, generator=gen) > 0.3
+            mask[0, 0] = True
+            loss, _ = clipped_policy_loss(logp, old, adv, mask, 0.2, 0.28, aggregation)
+            assert loss.item() == pytest.approx(loop_clipped_loss(logp, old, adv, mask, 0.2, 0.28, aggregation),
+                                                rel=1e-5, abs=1e-6)
+
+
+def test_tokens_after_the_episode_ended_do_not_matter():
+    gen = torch.Generator().manual_seed(1)
+    logp, old = -torch.rand(4, 8, generator=gen), -torch.rand(4, 8, generator=gen)
+    adv = torch.randn(4, generator=gen)
+    mask = torch.arange(8)[None, :] < torch.tensor([[8], [3], [5], [1]])  # executed prefix per trajectory
+    base, _ = clipped_policy_loss(logp, old, adv, mask, 0.2, 0.28, "seq-mean-token-mean")
+    scrambled = torch.where(mask, logp, torch.full_like(logp, -50.0))
+    again, _ = clipped_policy_loss(scrambled, old, adv, mask, 0.2, 0.28, "seq-mean-token-mean")
+    assert base.item() == again.item()

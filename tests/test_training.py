@@ -115,3 +115,46 @@ def test_state_of_another_run_is_not_resumed(tiny_params, tiny_dataset, tmp_path
     train_grpo(new_policy(tiny_params.policy, tiny_dataset, seed=0), pool, ["red", "blue"], cfg, ran.append,
                state_dir=tmp_path / "state", fingerprint="run-b")
     assert [row["iteration"] for row in ran] == [1, 2], "another run's state is ignored"
+
+
+def scripted_batches(monkeypatch, outcomes_per_call):
+    """Make rollouts return the given successes, batch after batch."""
+    from svrl_core.algos import grpo_trainer
+    from svrl_core.rollout import Trajectory
+
+    calls = iter(outcomes_per_call)
+
+    def fake_run_episodes(policy, pool, requests, temperature, generator, stats):
+        outcomes = next(calls)
+        assert len(outcomes) == len(requests)
+        return [Trajectory(r, success=bool(s)) for r, s in zip(requests, outcomes)]
+
+    monkeypatch.setattr(grpo_trainer, "run_episodes", fake_run_episodes)
+
+
+def test_refills_until_enough_mixed_groups(monkeypatch, tiny_params):
+    cfg = tiny_params.rl.model_copy(update={"prompts_per_batch": 2, "group_size": 2, "min_valid_groups": 3,
+                                            "max_refills": 5, "mini_batch_trajectories": 2})
+    scripted_batches(monkeypatch, [[1, 0, 1, 1], [0, 0, 0, 0], [1, 0, 0, 1], [1, 1, 1, 1]])
+    sampler = PromptSampler(["red"], 0)
+    kept, info = collect_mixed_groups(None, None, sampler, cfg, None, RolloutStats())
+    assert [t.request.group for t in kept] == [0, 0, 4, 4, 5, 5]
+    assert info == {"success_rate": 5 / 12, "kept_group_fraction": 3 / 6, "refills": 2, "episodes": 12}
+    assert sampler.cursor == 6
+
+
+def test_refills_stop_at_the_cap(monkeypatch, tiny_params):
+    cfg = tiny_params.rl.model_copy(update={"prompts_per_batch": 2, "group_size": 2, "min_valid_groups": 3,
+                                            "max_refills": 1, "mini_batch_trajectories": 2})
+    scripted_batches(monkeypatch, [[1, 0, 1, 1], [0, 0, 0, 0]])
+    kept, info = collect_mixed_groups(None, None, PromptSampler(["red"], 0), cfg, None, RolloutStats())
+    assert len(kept) == 2 and info["refills"] == 1
+
+
+def test_without_dynamic_sampling_every_group_trains(monkeypatch, tiny_params):
+    cfg = tiny_params.rl.model_copy(update={"prompts_per_batch": 2, "group_size": 2, "min_valid_groups": 3,
+                                            "max_refills": 5, "mini_batch_trajectories": 2,
+                                            "dynamic_sampling": False})
+    scripted_batches(monkeypatch, [[1, 0, 1, 1]])
+    kept, info = collect_mixed_groups(None, None, PromptSampler(["red"], 0), cfg, None, RolloutStats())
+    assert len(kept) == 4 and info["refills"] == 0 and info["kept_group_fraction"] == 0.5

@@ -44,7 +44,7 @@ def collect_mixed_groups(policy: VLAPolicy, pool: EnvPool, sampler: PromptSample
                          generator: torch.Generator, stats: RolloutStats) -> tuple[list[Trajectory], dict]:
     """Roll out batches until `min_valid_groups` groups have mixed rewards (or refills run out)."""
     kept: list[Trajectory] = []
-    n_groups = n_success = n_episodes = refills = 0
+    n_groups = n_mixed = n_success = n_episodes = refills = 0
     for attempt in range(cfg.max_refills + 1):
         requests = sampler.next_requests(cfg.prompts_per_batch, cfg.group_size)
         trajectories = run_episodes(policy, pool, requests, cfg.temperature, generator, stats)
@@ -53,12 +53,16 @@ def collect_mixed_groups(policy: VLAPolicy, pool: EnvPool, sampler: PromptSample
         for g in torch.nonzero(mixed).flatten().tolist():
             kept += trajectories[g * cfg.group_size:(g + 1) * cfg.group_size]
         n_groups += len(mixed)
+        n_mixed += int(mixed.sum())
         n_success += int(rewards.sum())
         n_episodes += len(trajectories)
         refills = attempt
+        if not cfg.dynamic_sampling:  # ablation: train on every group, all-equal ones with zero advantage
+            kept = trajectories if n_mixed else []
+            break
         if len(kept) >= cfg.min_valid_groups * cfg.group_size:
             break
-    info = {"success_rate": n_success / n_episodes, "kept_group_fraction": len(kept) / cfg.group_size / n_groups,
+    info = {"success_rate": n_success / n_episodes, "kept_group_fraction": n_mixed / n_groups,
             "refills": refills, "episodes": n_episodes}
     return kept, info
 
@@ -110,7 +114,8 @@ def grpo_update(policy: VLAPolicy, trainer: DeepSpeedTrainer, trajectories: list
     policy.model.train()
     rows: list[dict[str, float]] = []
     for _ in range(cfg.epochs):
-        order = rng.permutation(len(trajectories))
+        groups = rng.permutation(len(trajectories) // cfg.group_size)  # mini-batches hold whole groups
+        order = (groups[:, None] * cfg.group_size + np.arange(cfg.group_size)).reshape(-1)
         for start in range(0, len(order), cfg.mini_batch_trajectories):
             mb = order[start:start + cfg.mini_batch_trajectories]
             queries = QueryBatch.of(policy, [trajectories[i] for i in mb])
