@@ -27,7 +27,9 @@ test: setup
 	$(PY) -m pytest -q tests
 
 bench: setup
-	$(PY) -m bench.learning
+	$(PY) -m bench.update
+	$(PY) -m bench.rollout
+	$(PY) -m bench.learning --rl-seeds 0 1
 
 ui: setup
 	$(PY) -m flows.server up

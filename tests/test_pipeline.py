@@ -104,3 +104,44 @@ def test_missing_dataset_stops_sft_and_writes_nothing(project, tmp_path):
     result = run([sys.executable, "-m", "flows.sft", "--params", str(path)], project, check=False)
     assert result.returncode == 2 and "run `dvc repro ingest` first" in result.stderr
     assert not (tmp_path / "sft_out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def rl_params_file(project: Path, out: Path) -> Path:
+    params = tiny_params_yaml()
+    params["paths"].update(sft_model=str(project / "models/sft"), rl_model=str(out / "rl"),
+                           rl_state=str(out / "state"), metrics=str(out / "metrics"), plots=str(out / "plots"))
+    params["rl"].update(iterations=30, checkpoint_every=1, max_idle_iterations=30)
+    path = out / "params.yaml"
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def without_timings(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if not k.endswith(("_time_s", "_per_s"))} for row in history]
+
+
+def test_rl_stage_killed_mid_run_resumes_to_the_same_result(project, tmp_path):
+    import signal
+    import time
+
+    killed = rl_params_file(project, tmp_path / "killed")
+    env = {**os.environ, "PYTHONPATH": str(project), "PREFECT_HOME": str(project / ".prefect")}
+    process = subprocess.Popen([sys.executable, "-m", "flows.rl", "--params", str(killed)], cwd=project, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    state = tmp_path / "killed/state/state.json"
+    deadline = time.monotonic() + 300
+    while not state.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the stage and its Dask workers, mid-run
+    process.wait()
+    done_before_kill = len(json.loads(state.read_text())["history"])
+    assert 0 < done_before_kill < 30 and not (tmp_path / "killed/rl").exists()
+
+    run([sys.executable, "-m", "flows.rl", "--params", str(killed)], project)
+    clean = rl_params_file(project, tmp_path / "clean")
+    run([sys.executable, "-m", "flows.rl", "--params", str(clean)], project)
+    resumed_history = json.loads((tmp_path / "killed/plots/rl_history.json").read_text())
+    clean_history = json.loads((tmp_path / "clean/plots/rl_history.json").read_text())
+    assert len(resumed_history) == 30 and without_timings(resumed_history) == without_timings(clean_history)
+    assert (tmp_path / "killed/rl/model.safetensors").read_bytes() == (tmp_path / "clean/rl/model.safetensors").read_bytes()
