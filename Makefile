@@ -6,7 +6,8 @@ STAMP := $(VENV)/.svrl-setup-done
 SYSTEM_PACKAGES := git g++ make python3-venv
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test bench ui ui-down clean-outputs
+.PHONY: setup run test bench ui ui-down push pull
+REMOTE ?= local  # a DVC remote in .dvc/config: local (a directory) or s3 (AWS_* variables)
 
 setup: $(STAMP)
 
@@ -36,3 +37,9 @@ ui: setup
 
 ui-down:
 	$(PY) -m flows.server down
+
+push: setup
+	$(VENV)/bin/dvc push -r $(REMOTE)
+
+pull: setup
+	$(VENV)/bin/dvc pull -r $(REMOTE)

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from svrl_core.policies.text import PAD, VOCAB_SIZE
 from svrl_core.policies.trunks import MlpTrunk, OftTransformerTrunk
 
-ARCHITECTURE = "tiny-vla-film-keypoints-v1"
+ARCHITECTURE = "tiny-vla-film-keypoints-v2"
 TRUNKS = ("mlp", "oft-transformer")
 
 
