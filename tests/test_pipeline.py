@@ -28,9 +28,9 @@ def tiny_params_yaml() -> dict:
     return merged
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "PYTHONPATH": str(cwd), "PREFECT_HOME": str(cwd / ".prefect")}
+           "PYTHONPATH": str(cwd), "PREFECT_HOME": str(cwd / ".prefect"), **(env or {})}
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
         raise AssertionError(f"{cmd} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
@@ -44,10 +44,11 @@ def project(tmp_path_factory, prefect_server) -> Path:
     for name in ("flows", "tasks", "svrl_core"):
         shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
+    shutil.copy(ROOT / ".gitignore", root / ".gitignore")
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params_yaml(), sort_keys=False))
     run(["git", "init", "-q"], root)
     run(["dvc", "init", "-q"], root)
-    run(["dvc", "config", "core.analytics", "false"], root)
+    shutil.copy(ROOT / ".dvc/config", root / ".dvc/config")
     return root
 
 
@@ -80,10 +81,12 @@ def test_changing_an_rl_param_reruns_only_rl_and_what_follows(project):
 
 
 def test_changing_an_sft_param_does_not_rerun_ingest(project):
-    params = yaml.safe_load((project / "params.yaml").read_text())
+    original = (project / "params.yaml").read_text()
+    params = yaml.safe_load(original)
     params["sft"]["lr"] = params["sft"]["lr"] / 2
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = run(["dvc", "status", "--json"], project)
+    (project / "params.yaml").write_text(original)
     changed = set(json.loads(status.stdout))
     assert "sft" in changed and "ingest" not in changed
 
@@ -145,3 +148,63 @@ def test_rl_stage_killed_mid_run_resumes_to_the_same_result(project, tmp_path):
     clean_history = json.loads((tmp_path / "clean/plots/rl_history.json").read_text())
     assert len(resumed_history) == 30 and without_timings(resumed_history) == without_timings(clean_history)
     assert (tmp_path / "killed/rl/model.safetensors").read_bytes() == (tmp_path / "clean/rl/model.safetensors").read_bytes()
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A real S3 endpoint on loopback (moto's server) with one bucket."""
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                server.kill()
+                raise
+            time.sleep(0.2)
+    env = {"AWS_ENDPOINT_URL": url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    urllib.request.urlopen(urllib.request.Request(f"{url}/svrl-test", method="PUT"), timeout=10)
+    yield env
+    server.terminate()
+    server.wait(timeout=10)
+
+
+def test_push_to_s3_then_pull_into_a_fresh_clone_with_nothing_to_rerun(project, s3_endpoint, tmp_path):
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], project).stdout
+    run(["dvc", "remote", "modify", "--local", "s3", "url", "s3://svrl-test/store"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=svrl", "-c", "user.email=svrl@localhost", "commit", "-qm", "tiny run"], project)
+    run(["dvc", "push", "-r", "s3"], project, env=s3_endpoint)
+
+    fresh = tmp_path / "fresh"
+    run(["git", "clone", "-q", str(project), str(fresh)], tmp_path)
+    assert not (fresh / "models/rl").exists()
+    run(["dvc", "remote", "modify", "--local", "s3", "url", "s3://svrl-test/store"], fresh)
+    run(["dvc", "pull", "-r", "s3"], fresh, env=s3_endpoint)
+    for artifact in ("data/demos/toy/meta/info.json", "models/rl/model.safetensors", "metrics/eval_rl.json",
+                     "reports/report.md"):
+        assert (fresh / artifact).read_bytes() == (project / artifact).read_bytes(), artifact
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], fresh).stdout
+
+
+def test_unreachable_s3_endpoint_fails_fast_and_clearly(project):
+    import time
+
+    began = time.monotonic()
+    result = run(["dvc", "push", "-r", "s3"], project, check=False,
+                 env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x",
+                      "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"})
+    assert result.returncode != 0 and "Could not connect to the endpoint URL" in result.stderr + result.stdout
+    assert time.monotonic() - began < 60
