@@ -75,6 +75,7 @@ class ComputeConfig(Section):
     n_workers: int = Field(2, ge=1, le=1024, description="Dask env workers (LocalCluster)")
     envs_per_worker: int = Field(64, ge=1, le=4096)
     scheduler_address: str | None = Field(None, description="tcp://host:port of a running Dask scheduler")
+    connect_timeout_s: float = Field(30.0, gt=0, le=3600, description="give up on an unreachable scheduler after this")
     max_worker_failures: int = Field(3, ge=0, le=1000, description="env worker losses tolerated per rollout pool")
     torch_threads: int = Field(1, ge=1, le=256)
 

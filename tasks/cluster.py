@@ -10,18 +10,15 @@ from distributed import Client, LocalCluster
 from svrl_core.config import ComputeConfig, EnvConfig
 from svrl_core.rollout.dask_pool import DaskEnvPool
 
-CONNECT_TIMEOUT_S = 30
-
-
 @contextmanager
 def dask_client(cfg: ComputeConfig) -> Iterator[Client]:
     """Connect to `scheduler_address`, or start a LocalCluster of `n_workers` single-thread processes."""
     if cfg.scheduler_address:
         try:
-            client = Client(cfg.scheduler_address, timeout=CONNECT_TIMEOUT_S)
+            client = Client(cfg.scheduler_address, timeout=cfg.connect_timeout_s)
         except (OSError, TimeoutError) as err:
             raise RuntimeError(f"compute.scheduler_address={cfg.scheduler_address!r}: no Dask scheduler answered "
-                               f"within {CONNECT_TIMEOUT_S}s ({err}); start one or set it to null") from None
+                               f"within {cfg.connect_timeout_s:g}s ({err}); start one or set it to null") from None
         with client:
             yield client
         return

@@ -97,3 +97,66 @@ def test_losing_workers_too_often_fails_clearly(tiny_policy, tiny_params):
         pool.step = kill_then_step
         with pytest.raises(RuntimeError, match="lost env workers 1 times"):
             run_episodes(tiny_policy, pool, requests(tiny_params), None)
+
+
+@pytest.fixture()
+def separate_dask_cluster(tmp_path):
+    """A scheduler and two workers started by hand, as on a cluster."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from distributed import Client
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dask = str(Path(sys.executable).parent / "dask")
+    address = f"tcp://127.0.0.1:{port}"
+    processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                                   "--dashboard-address", ":0"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    processes += [subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--no-dashboard",
+                                    "--local-directory", str(tmp_path)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    try:
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
+        yield address
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        time.sleep(0.1)
+
+
+@pytest.mark.integration
+def test_rollouts_on_a_separately_started_scheduler(tiny_policy, tiny_params, separate_dask_cluster):
+    from tasks.cluster import env_pool
+
+    compute = tiny_params.compute.model_copy(update={"scheduler_address": separate_dask_cluster,
+                                                     "envs_per_worker": 3})
+    local = run_episodes(tiny_policy, LocalEnvPool(tiny_params.env, 16), requests(tiny_params), None)
+    with env_pool(tiny_params.env, compute) as pool:
+        assert len(pool.actors) == 2 and pool.capacity == 6
+        remote = run_episodes(tiny_policy, pool, requests(tiny_params), None)
+    assert [(t.success, t.steps) for t in remote] == [(t.success, t.steps) for t in local]
+
+
+@pytest.mark.integration
+def test_unreachable_scheduler_fails_within_the_timeout(tiny_params):
+    import time
+
+    from tasks.cluster import env_pool
+
+    compute = tiny_params.compute.model_copy(update={"scheduler_address": "tcp://127.0.0.1:9", "connect_timeout_s": 3})
+    began = time.monotonic()
+    with pytest.raises(RuntimeError, match="no Dask scheduler answered within 3s"):
+        with env_pool(tiny_params.env, compute):
+            pass
+    assert time.monotonic() - began < 30
