@@ -6,7 +6,7 @@ STAMP := $(VENV)/.svrl-setup-done
 SYSTEM_PACKAGES := git g++ make python3-venv
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test bench ui ui-down push pull
+.PHONY: setup run test bench ui ui-down deploy push pull
 REMOTE ?= local  # a DVC remote in .dvc/config: local (a directory) or s3 (AWS_* variables)
 
 setup: $(STAMP)
@@ -32,11 +32,16 @@ bench: setup
 	$(PY) -m bench.rollout
 	$(PY) -m bench.learning --rl-seeds 0 1
 
-ui: setup
-	$(PY) -m flows.server up
+ui: setup  # local Prefect server + a worker for the deployments
+	$(PY) -m flows.server ui
 
 ui-down:
 	$(PY) -m flows.server down
+
+# Register infra/prefect/prefect.yaml's deployments on PREFECT_API_URL (default: the `make ui` server).
+deploy: setup
+	PREFECT_API_URL=$${PREFECT_API_URL:-http://127.0.0.1:$${SVRL_PREFECT_PORT:-4200}/api} \
+	  $(VENV)/bin/prefect --no-prompt deploy --all --prefect-file infra/prefect/prefect.yaml
 
 push: setup
 	$(VENV)/bin/dvc push -r $(REMOTE)

@@ -52,6 +52,22 @@ def project(tmp_path_factory, prefect_server) -> Path:
     return root
 
 
+STAGES = ("ingest", "sft", "eval_sft", "rl", "eval_rl", "export", "report")
+
+
+def completed_flow_runs() -> dict[str, int]:
+    """Flow name -> number of completed runs, read from the Prefect server's API."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        flows = {f.id: f.name for f in client.read_flows()}
+        counts: dict[str, int] = {}
+        for flow_run in client.read_flow_runs(limit=200):
+            if flow_run.state and flow_run.state.is_completed():
+                counts[flows[flow_run.flow_id]] = counts.get(flows[flow_run.flow_id], 0) + 1
+        return counts
+
+
 def stages_run(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([\w_]+)'", output))
 
@@ -67,6 +83,8 @@ def test_pipeline_flow_runs_every_stage_and_leaves_dvc_up_to_date(project):
     assert list((project / "videos/eval_sft").glob("*.gif"))
     status = run(["dvc", "status"], project)
     assert "Data and pipelines are up to date" in status.stdout
+    runs = completed_flow_runs()
+    assert {"pipeline", *STAGES} <= set(runs), "each stage is its own flow run, visible through the API"
     again = run([sys.executable, "-m", "flows.pipeline"], project)
     assert "ran nothing" in again.stderr + again.stdout
 
@@ -208,3 +226,18 @@ def test_unreachable_s3_endpoint_fails_fast_and_clearly(project):
                       "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"})
     assert result.returncode != 0 and "Could not connect to the endpoint URL" in result.stderr + result.stdout
     assert time.monotonic() - began < 60
+
+
+def test_scheduled_deployments_register_and_a_run_completes_on_a_worker(project):
+    from prefect.client.orchestration import get_client
+
+    shutil.copytree(ROOT / "infra/prefect", project / "infra/prefect")
+    run(["prefect", "work-pool", "create", "svrl-process", "--type", "process", "--overwrite"], project)
+    run(["prefect", "--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect/prefect.yaml"], project)
+    with get_client(sync_client=True) as client:
+        nightly = client.read_deployment_by_name("pipeline/nightly")
+        assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
+    before = completed_flow_runs().get("report", 0)
+    run(["prefect", "deployment", "run", "report/report"], project)
+    run(["prefect", "worker", "start", "--pool", "svrl-process", "--run-once"], project)
+    assert completed_flow_runs().get("report", 0) == before + 1
