@@ -20,3 +20,14 @@ def read_metrics(params: Params, name: str) -> dict | list:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run the stage that writes it (`dvc repro`)")
     return json.loads(path.read_text())
+
+
+def engine_overrides(params: Params) -> dict | None:
+    """The DeepSpeed config file named by compute.deepspeed_config, if any."""
+    path = params.compute.deepspeed_config
+    if path is None:
+        return None
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise FileNotFoundError(f"compute.deepspeed_config={path!r}: cannot read it as JSON ({err})") from None

@@ -13,6 +13,7 @@ from svrl_core.algos.grpo_trainer import train_grpo
 from svrl_core.config import Params
 from svrl_core.policies import VLAPolicy
 from tasks.cluster import env_pool
+from tasks.metrics import engine_overrides
 
 
 def run_fingerprint(params: Params) -> str:
@@ -28,6 +29,7 @@ def train_rl_policy(params: Params, on_iteration: Callable[[dict], None]) -> lis
     policy = VLAPolicy.load(params.paths.sft_model)
     with env_pool(params.env, params.compute) as pool:
         history = train_grpo(policy, pool, list(params.env.tasks), params.rl, on_iteration,
-                             state_dir=params.paths.rl_state, fingerprint=run_fingerprint(params))
+                             state_dir=params.paths.rl_state, fingerprint=run_fingerprint(params),
+                             engine_overrides=engine_overrides(params))
     policy.save(params.paths.rl_model)
     return history

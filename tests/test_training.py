@@ -158,3 +158,28 @@ def test_without_dynamic_sampling_every_group_trains(monkeypatch, tiny_params):
     scripted_batches(monkeypatch, [[1, 0, 1, 1]])
     kept, info = collect_mixed_groups(None, None, PromptSampler(["red"], 0), cfg, None, RolloutStats())
     assert len(kept) == 4 and info["refills"] == 0 and info["kept_group_fraction"] == 0.5
+
+
+def test_sft_with_the_zero2_bf16_config(tiny_params, tiny_dataset, tmp_path):
+    """The multi-GPU DeepSpeed config shipped in infra/ runs here too (one CPU process, gloo)."""
+    import json
+    from pathlib import Path
+
+    from svrl_core.policies import VLAPolicy
+
+    overrides = json.loads((Path(__file__).parent.parent / "infra/deepspeed/zero2_bf16.json").read_text())
+    policy = new_policy(tiny_params.policy, tiny_dataset, seed=0)
+    cfg = tiny_params.sft.model_copy(update={"steps": 40, "batch_size": 64, "lr": 1e-2, "log_every": 10})
+    history = train_sft(policy, tiny_dataset, tiny_dataset.tasks, cfg, overrides)
+    assert next(policy.model.parameters()).dtype == torch.bfloat16
+    assert history[-1]["loss"] < 0.5 * history[0]["loss"] and history[-1]["grad_norm"] > 0
+    policy.save(tmp_path / "ckpt")
+    loaded = VLAPolicy.load(tmp_path / "ckpt")  # an fp32 model holding the bf16-trained values exactly
+    trained = policy.model.state_dict()
+    for name, value in loaded.model.state_dict().items():
+        assert value.dtype == torch.float32 and torch.equal(value, trained[name].float()), name
+
+
+def test_zero3_is_refused_clearly():
+    with pytest.raises(ValueError, match="ZeRO stage 3 is not supported"):
+        DeepSpeedTrainer(torch.nn.Linear(2, 2), 0.1, 0.0, 1.0, 4, {"zero_optimization": {"stage": 3}})

@@ -176,14 +176,16 @@ def grpo_iteration(policy: VLAPolicy, pool: EnvPool, trainer: DeepSpeedTrainer, 
 
 def train_grpo(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: RlConfig,
                on_iteration: Callable[[dict], None] = lambda row: None,
-               state_dir: str | Path | None = None, fingerprint: str = "") -> list[dict]:
+               state_dir: str | Path | None = None, fingerprint: str = "",
+               engine_overrides: dict | None = None) -> list[dict]:
     """Run `cfg.iterations` GRPO iterations on `policy` in place; returns one metrics row per iteration.
 
     With `state_dir`, the state is saved every `cfg.checkpoint_every` iterations and a run
     with the same fingerprint resumes from it, giving the same metrics as an uninterrupted run.
     """
     torch.manual_seed(cfg.seed)
-    trainer = DeepSpeedTrainer(policy.model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.mini_batch_trajectories)
+    trainer = DeepSpeedTrainer(policy.model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.mini_batch_trajectories,
+                               engine_overrides)
     sampler, history = PromptSampler(tasks, cfg.seed_start), []
     saved = load_training_state(state_dir, fingerprint) if state_dir else None
     if saved:

@@ -25,11 +25,13 @@ def sft_loss(logits: torch.Tensor, target_bins: torch.Tensor, mask: torch.Tensor
     return loss, {"loss": loss.item(), "token_accuracy": float(accuracy)}
 
 
-def train_sft(policy: VLAPolicy, data: DemoDataset, instructions: list[str], cfg: SftConfig) -> list[dict]:
+def train_sft(policy: VLAPolicy, data: DemoDataset, instructions: list[str], cfg: SftConfig,
+              engine_overrides: dict | None = None) -> list[dict]:
     """Train `policy` in place; returns the logged metrics rows."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    trainer = DeepSpeedTrainer(policy.model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.batch_size)
+    trainer = DeepSpeedTrainer(policy.model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.batch_size,
+                               engine_overrides)
     batches = iterate_chunk_batches(data, instructions, policy.cfg.chunk_size, cfg.batch_size, rng)
     progress, history, start = Progress("sft", cfg.steps, "steps"), [], time.monotonic()
     camera = policy.cfg.camera

@@ -104,7 +104,7 @@ class VisionEncoder(nn.Module):
         self.film = nn.Linear(instruction_dim, 4 * channels)
 
     def forward(self, images: torch.Tensor, instruction: torch.Tensor) -> torch.Tensor:
-        x = images.float() / 255.0 - 0.5  # (B, 3, H, W)
+        x = images.to(instruction.dtype) / 255.0 - 0.5  # (B, 3, H, W), in the weights' dtype (fp32 or bf16)
         x = torch.cat([x, coordinate_channels(x.shape[0], x.shape[2], x.shape[3], x)], dim=1)
         g1, b1, g2, b2 = self.film(instruction)[:, :, None, None].chunk(4, dim=1)  # (B, C, 1, 1) each
         h = F.relu(self.conv1(x) * (1 + g1) + b1)
@@ -129,7 +129,7 @@ class TinyVLA(nn.Module):
             raise ValueError(f"unknown trunk {cfg.trunk!r}; valid: {TRUNKS}")
 
     def forward(self, inputs: PolicyInputs) -> torch.Tensor:
-        """-> (B, K * D, n_bins) action-bin logits."""
+        """-> (B, K * D, n_bins) float32 action-bin logits."""
         text = self.instruction(inputs.instruction_ids)  # (B, E)
         keypoints = self.vision(inputs.images, text).unflatten(1, (-1, 2))  # (B, n_keypoints, 2)
-        return self.trunk(keypoints, text, inputs.instruction_ids, inputs.states)
+        return self.trunk(keypoints, text, inputs.instruction_ids, inputs.states.to(text.dtype)).float()

@@ -39,9 +39,14 @@ def init_single_process() -> None:
 
 
 class DeepSpeedTrainer:
-    """forward / backward_step through `deepspeed.initialize` (ZeRO stage 0, fp32, AdamW)."""
+    """forward / backward_step through `deepspeed.initialize` (AdamW; ZeRO 0 and fp32 unless overridden).
 
-    def __init__(self, model: torch.nn.Module, lr: float, weight_decay: float, grad_clip: float, batch_size: int):
+    `overrides` (e.g. infra/deepspeed/zero2_bf16.json) is merged into the engine config. ZeRO-3
+    is refused: it partitions the parameters, and svrl's checkpoints read the full module.
+    """
+
+    def __init__(self, model: torch.nn.Module, lr: float, weight_decay: float, grad_clip: float, batch_size: int,
+                 overrides: dict | None = None):
         import deepspeed
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
@@ -55,7 +60,10 @@ class DeepSpeedTrainer:
             "zero_optimization": {"stage": 0},
             "steps_per_print": 2**31 - 1,
             "wall_clock_breakdown": False,
+            **(overrides or {}),
         }
+        if config["zero_optimization"].get("stage", 0) > 2:
+            raise ValueError("DeepSpeed ZeRO stage 3 is not supported by svrl's checkpointing yet; use stage 0-2")
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
         self.module = model
 
@@ -66,8 +74,10 @@ class DeepSpeedTrainer:
         """Backpropagate, clip (inside DeepSpeed) and step; returns the pre-clip grad norm."""
         self.engine.backward(loss)
         grads = [p.grad for p in self.module.parameters() if p.grad is not None]
-        grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+        grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else None
         self.engine.step()
+        if grad_norm is None:  # ZeRO keeps the gradients itself and reports their norm
+            grad_norm = float(self.engine.get_global_grad_norm() or 0.0)
         return grad_norm
 
 
