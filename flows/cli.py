@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import urllib.request
 from typing import Callable
 
 import torch
@@ -14,6 +16,20 @@ from svrl_core.data import DatasetError
 from svrl_core.policies import CheckpointError
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError)
+API_CHECK_TIMEOUT_S = 10
+
+
+def check_prefect_api() -> None:
+    """Fail in seconds, with what to do, when PREFECT_API_URL names a server that does not answer."""
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return  # Prefect starts an ephemeral server
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/health", timeout=API_CHECK_TIMEOUT_S):
+            return
+    except OSError as err:
+        sys.exit(f"error: PREFECT_API_URL={url}: no Prefect server answered within {API_CHECK_TIMEOUT_S}s "
+                 f"({err}); start one with `make ui`, or unset PREFECT_API_URL to use a temporary one")
 
 
 def run_stage(flow: Callable[..., object]) -> None:
@@ -23,6 +39,7 @@ def run_stage(flow: Callable[..., object]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("svrl").setLevel(logging.INFO)  # progress lines, also captured by Prefect
     torch.set_num_threads(1)
+    check_prefect_api()
     try:
         load_params(args.params)  # fail fast, before any Prefect server is involved
         flow(params_path=args.params)

@@ -5,7 +5,7 @@ from prefect import flow
 from svrl_core.config import Params, load_params
 from tasks.evaluate import evaluate_checkpoint
 from tasks.metrics import write_metrics
-from tasks.tracking import publish_success_table, tracking_run
+from tasks.tracking import log_videos, publish_success_table, tracking_run
 
 
 def evaluate_stage(stage: str, params: Params, model_dir: str) -> dict:
@@ -13,6 +13,7 @@ def evaluate_stage(stage: str, params: Params, model_dir: str) -> dict:
         table = evaluate_checkpoint(params, model_dir, f"{params.paths.videos}/{stage}")
         run.log({f"{stage}/success_rate": table["success_rate"],
                  **{f"{stage}/{task}": row["success_rate"] for task, row in table["per_task"].items()}})
+        log_videos(run, stage, table["videos"])
     write_metrics(params, stage, table)
     publish_success_table(stage, table)
     return table

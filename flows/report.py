@@ -6,7 +6,7 @@ from prefect import flow
 from flows.cli import run_stage
 from svrl_core.config import load_params
 from tasks.report import write_pipeline_report
-from tasks.tracking import publish_markdown, tracking_run
+from tasks.tracking import publish_report, tracking_run
 
 
 @flow(name="report")
@@ -17,7 +17,7 @@ def report_flow(params_path: str = "params.yaml") -> str:
         path = Path(write_pipeline_report(params))
         run.log({f"report/{name}": wandb.Image(str(path.with_name(f"{name}.png")))
                  for name in ("success", "learning_curve")})
-    publish_markdown("report", path.read_text(), "SFT vs RL report")
+    publish_report(path)
     return str(path)
 
 

@@ -24,6 +24,7 @@ SERVER_PID = STATE_DIR / "server.pid"
 WORKER_PID = STATE_DIR / "worker.pid"
 STARTUP_TIMEOUT_S = 180
 WORK_POOL = "svrl-process"
+ENV_TAG = "envs"
 
 
 def healthy() -> bool:
@@ -92,6 +93,9 @@ def ui() -> None:
     env = {**os.environ, "PREFECT_API_URL": settings.LOCAL_API_URL}
     subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", WORK_POOL, "--type", "process",
                     "--overwrite"], env=env, check=True, capture_output=True)
+    # one env-heavy task (rollouts, evaluation) at a time on this machine: they use every core
+    subprocess.run([sys.executable, "-m", "prefect", "concurrency-limit", "create", ENV_TAG, "1"], env=env,
+                   check=True, capture_output=True)
     if not WORKER_PID.is_file():
         _spawn(WORKER_PID, "worker", "start", "--pool", WORK_POOL)
     print(f"worker polling work pool {WORK_POOL!r}; `make ui-down` stops it and the server", flush=True)

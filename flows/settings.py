@@ -12,6 +12,7 @@ PREFECT_DEFAULTS = {
     "PREFECT_UI_ENABLED": "true",
     "DO_NOT_TRACK": "1",
     "WANDB_SILENT": "true",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",  # svrl progress logged outside a flow (bench)
     "DASK_LOGGING__DISTRIBUTED": "warning",  # Dask workers read it at start; INFO lines drown the progress
 }
 LOCAL_SERVER_HOST = "127.0.0.1"

@@ -10,7 +10,7 @@ from svrl_core.policies import VLAPolicy
 from tasks.cluster import env_pool
 
 
-@task
+@task(tags=["envs"])  # `make ui` limits concurrent env-heavy tasks by this tag
 def evaluate_checkpoint(params: Params, model_dir: str, videos_dir: str) -> dict:
     policy = VLAPolicy.load(model_dir)
     with env_pool(params.env, params.compute) as pool:

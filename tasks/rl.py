@@ -24,7 +24,7 @@ def run_fingerprint(params: Params) -> str:
     return hashlib.sha256(config.encode()).hexdigest()
 
 
-@task
+@task(tags=["envs"])
 def train_rl_policy(params: Params, on_iteration: Callable[[dict], None]) -> list[dict]:
     policy = VLAPolicy.load(params.paths.sft_model)
     with env_pool(params.env, params.compute) as pool:

@@ -241,3 +241,11 @@ def test_scheduled_deployments_register_and_a_run_completes_on_a_worker(project)
     run(["prefect", "deployment", "run", "report/report"], project)
     run(["prefect", "worker", "start", "--pool", "svrl-process", "--run-once"], project)
     assert completed_flow_runs().get("report", 0) == before + 1
+
+
+def test_dvc_experiments_sweep_a_parameter(project):
+    """`dvc exp run --set-param` (needs the commit made by the S3 test above)."""
+    result = run(["dvc", "exp", "run", "--set-param", "rl.lr=0.0123", "--name", "lr-sweep"], project)
+    assert stages_run(result.stdout + result.stderr) == {"rl", "eval_rl", "export", "report"}, result.stdout
+    table = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    assert "lr-sweep" in json.dumps(table)

@@ -42,3 +42,15 @@ def test_local_server_and_worker_start_and_stop(tmp_path):
                             text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert f"Prefect UI: http://127.0.0.1:{port}" in result.stdout and "stopped" in result.stdout
+
+
+def test_unreachable_prefect_server_stops_a_stage_clearly(tmp_path):
+    import os
+    import time
+
+    began = time.monotonic()
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "flows.sft", "--params", str(tmp_path / "never-read.yaml")],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "no Prefect server answered" in result.stderr
+    assert time.monotonic() - began < 60 and list(tmp_path.iterdir()) == []

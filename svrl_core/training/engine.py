@@ -27,7 +27,7 @@ def _free_port() -> int:
 
 
 def init_single_process() -> None:
-    """Join (or create) a world of one when no launcher set the rendezvous variables."""
+    """Join the launcher's process group, or form a world of one when no launcher set one up."""
     import torch.distributed as dist
 
     if dist.is_initialized():
@@ -35,7 +35,7 @@ def init_single_process() -> None:
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    dist.init_process_group("gloo")
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
 class DeepSpeedTrainer:
