@@ -78,5 +78,10 @@ def prefect_server():
             os.environ["PREFECT_API_URL"] = previous
 
 
-def random_obs_batch(rng: np.random.Generator, n: int, size: int = 32):
-    return rng.integers(0, 255, size=(n, size, size, 3), dtype=np.uint8)
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

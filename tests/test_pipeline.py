@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from svrl_core.config import Params, parse_params
-from tests.conftest import TINY
+from tests.conftest import TINY, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration
@@ -171,13 +171,10 @@ def test_rl_stage_killed_mid_run_resumes_to_the_same_result(project, tmp_path):
 @pytest.fixture(scope="module")
 def s3_endpoint():
     """A real S3 endpoint on loopback (moto's server) with one bucket."""
-    import socket
     import time
     import urllib.request
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from svrl_core.rollout import EpisodeRequest, LocalEnvPool, run_episodes
+from tests.conftest import free_port
 
 
 def requests(params, n_per_task=3):
@@ -102,7 +103,6 @@ def test_losing_workers_too_often_fails_clearly(tiny_policy, tiny_params):
 @pytest.fixture()
 def separate_dask_cluster(tmp_path):
     """A scheduler and two workers started by hand, as on a cluster."""
-    import socket
     import subprocess
     import sys
     import time
@@ -110,9 +110,7 @@ def separate_dask_cluster(tmp_path):
 
     from distributed import Client
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     dask = str(Path(sys.executable).parent / "dask")
     address = f"tcp://127.0.0.1:{port}"
     processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),

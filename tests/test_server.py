@@ -1,12 +1,13 @@
 """The local Prefect server that `make run` and `make ui` start and stop."""
 
-import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,9 +35,7 @@ SCRIPT = textwrap.dedent("""
 
 
 def test_local_server_and_worker_start_and_stop(tmp_path):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     env = {"SVRL_PREFECT_PORT": str(port), "PREFECT_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"}
     result = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=ROOT, env=env, capture_output=True,
                             text=True, timeout=300)
