@@ -1,10 +1,8 @@
-from pathlib import Path
-
 from prefect import flow
 
 from flows.cli import run_stage
 from svrl_core.config import load_params
-from svrl_core.io import write_json_atomic
+from svrl_core.io import join, write_json_atomic
 from tasks.metrics import write_metrics
 from tasks.rl import train_rl_policy
 from tasks.tracking import tracking_run
@@ -19,7 +17,7 @@ def rl_flow(params_path: str = "params.yaml") -> dict:
     with tracking_run("rl", params) as run:
         history = train_rl_policy(params, lambda row: run.log({f"rl/{k}": v for k, v in row.items()},
                                                               step=row["iteration"]))
-    write_json_atomic(Path(params.paths.plots) / "rl_history.json", history)
+    write_json_atomic(join(params.paths.plots, "rl_history.json"), history)
     first, last = history[0], history[-1]
     summary = {"iterations": len(history), "env_steps": sum(r["env_steps"] for r in history),
                **{f"first_{k}": first[k] for k in SUMMARY_KEYS}, **{f"last_{k}": last[k] for k in SUMMARY_KEYS}}

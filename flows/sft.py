@@ -1,11 +1,9 @@
 import json
-from pathlib import Path
-
 from prefect import flow
 
 from flows.cli import run_stage
 from svrl_core.config import load_params
-from svrl_core.io import write_json_atomic
+from svrl_core.io import join, write_json_atomic
 from tasks.metrics import write_metrics
 from tasks.sft import train_sft_policy
 from tasks.tracking import tracking_run
@@ -19,7 +17,7 @@ def sft_flow(params_path: str = "params.yaml") -> dict:
         history = train_sft_policy(params)
         for row in history:
             run.log({f"sft/{k}": v for k, v in row.items()}, step=row["step"])
-    write_json_atomic(Path(params.paths.plots) / "sft_history.json", history)
+    write_json_atomic(join(params.paths.plots, "sft_history.json"), history)
     write_metrics(params, "sft", history[-1])
     return history[-1]
 

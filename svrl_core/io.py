@@ -1,4 +1,9 @@
-"""Atomic writes: a reader sees the old output or the new one, never half of one."""
+"""Outputs that a reader sees whole or not at all, on local disk or any fsspec URL (s3://...).
+
+Local directories are staged next to the target and swapped in with a rename. Object stores
+have no rename: a remote directory is uploaded, then a `_COMPLETE` marker is written last,
+and readers (`local_directory`) refuse a directory without it.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,33 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+import fsspec
+
+COMPLETE_MARKER = "_COMPLETE"
+
+
+def is_remote(path: str | Path) -> bool:
+    return "://" in str(path)
+
+
+def join(base: str | Path, *parts: str) -> str | Path:
+    """`base / parts` for local paths and URLs alike (Path would mangle 's3://')."""
+    if is_remote(base):
+        return "/".join([str(base).rstrip("/"), *parts])
+    return Path(base).joinpath(*parts)
+
 
 @contextmanager
 def atomic_directory(target: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces `target` only if the block succeeds."""
+    """Yield a local staging directory that becomes `target` only if the block succeeds."""
+    if is_remote(target):
+        staging = Path(tempfile.mkdtemp(prefix="svrl-upload-"))
+        try:
+            yield staging
+            _publish(staging, str(target))
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -29,16 +57,52 @@ def atomic_directory(target: str | Path) -> Iterator[Path]:
     shutil.rmtree(retired, ignore_errors=True)
 
 
+def _publish(local: Path, url: str) -> None:
+    """Replace the remote directory `url` with `local`; the marker goes last."""
+    fs, root = fsspec.core.url_to_fs(url)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)  # the marker goes first with it: readers stop trusting the old copy
+    fs.put(f"{local}/", root, recursive=True)
+    fs.pipe(f"{root}/{COMPLETE_MARKER}", b"")
+
+
+@contextmanager
+def local_directory(source: str | Path) -> Iterator[Path]:
+    """A local view of a directory output: the path itself, or a download of a complete remote one."""
+    if not is_remote(source):
+        yield Path(source)
+        return
+    fs, root = fsspec.core.url_to_fs(str(source))
+    if not fs.exists(f"{root}/{COMPLETE_MARKER}"):
+        raise FileNotFoundError(f"{source}: missing or incompletely written (no {COMPLETE_MARKER} marker); "
+                                f"rerun the stage that writes it")
+    local = Path(tempfile.mkdtemp(prefix="svrl-download-"))
+    try:
+        fs.get(f"{root}/", str(local), recursive=True)
+        yield local
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+
+
 def write_json_atomic(path: str | Path, payload: object) -> None:
-    """Write JSON through a temp file and a rename."""
+    """Write JSON through a temp file and a rename (one PUT on an object store)."""
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    if is_remote(path):
+        fs, key = fsspec.core.url_to_fs(str(path))
+        fs.pipe(key, text.encode())
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+            handle.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def read_json(path: str | Path) -> object:
+    with fsspec.open(str(path), "r") as handle:
+        return json.load(handle)

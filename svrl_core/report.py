@@ -10,6 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from svrl_core.evaluation import plot_success_rates  # noqa: E402
+from svrl_core.io import atomic_directory  # noqa: E402
 
 
 def plot_learning_curve(history: list[dict], path: str | Path) -> None:
@@ -37,14 +38,19 @@ def success_markdown(sft: dict, rl: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(title: str, sft: dict, rl: dict, history: list[dict], directory: str | Path) -> Path:
-    """Write report.md, success.png and learning_curve.png into `directory`."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    plot_success_rates({"sft": sft, "rl": rl}, directory / "success.png")
-    plot_learning_curve(history, directory / "learning_curve.png")
+def write_report(title: str, sft: dict, rl: dict, history: list[dict], directory: str | Path) -> str:
+    """Write report.md, success.png and learning_curve.png as the directory `directory`; returns the markdown."""
+    with atomic_directory(directory) as staging:
+        plot_success_rates({"sft": sft, "rl": rl}, staging / "success.png")
+        plot_learning_curve(history, staging / "learning_curve.png")
+        markdown = report_markdown(title, sft, rl, history)
+        (staging / "report.md").write_text(markdown)
+    return markdown
+
+
+def report_markdown(title: str, sft: dict, rl: dict, history: list[dict]) -> str:
     last = history[-1] if history else {}
-    text = "\n".join([
+    return "\n".join([
         f"# {title}", "",
         "Greedy success rate on held-out initial states (never used by ingest or RL).", "",
         success_markdown(sft, rl), "",
@@ -54,6 +60,3 @@ def write_report(title: str, sft: dict, rl: dict, history: list[dict], directory
         f"kept groups {last.get('kept_group_fraction', float('nan')):.2f}, "
         f"env steps/s {last.get('env_steps_per_s', float('nan')):.0f}.", "",
         "![learning curve](learning_curve.png)", ""])
-    path = directory / "report.md"
-    path.write_text(text)
-    return path

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from prefect import task
@@ -11,6 +9,7 @@ from prefect import task
 from svrl_core.config import Params
 from svrl_core.envs.toy import ToyReachEnv
 from svrl_core.export import BundlePolicy, export_bundle
+from svrl_core.io import local_directory
 from svrl_core.policies import VLAPolicy
 
 
@@ -24,12 +23,13 @@ def export_policy(params: Params) -> dict:
         observations.append(env.reset(task_name, params.eval.seed_start + j))
     inputs = policy.prepare(observations)
     expected = policy.bins_to_actions(policy.greedy(inputs))
-    bundle = BundlePolicy(params.paths.export)
+    with local_directory(params.paths.export) as local:
+        bundle = BundlePolicy(local)
+        size = sum(f.stat().st_size for f in local.rglob("*") if f.is_file())
     got = bundle.act_batch(np.stack([o.images[policy.cfg.camera] for o in observations]),
                            np.stack([o.proprio for o in observations]), [o.instruction for o in observations])
     max_diff = float(np.abs(got - expected).max())
     if max_diff != 0.0:
         raise RuntimeError(f"export: the bundle's actions differ from the policy's by up to {max_diff}")
-    size = sum(f.stat().st_size for f in Path(params.paths.export).rglob("*") if f.is_file())
     return {"checked_observations": len(observations), "max_action_difference": max_diff, "bundle_bytes": size,
             "torch": torch.__version__}

@@ -6,20 +6,18 @@ import json
 from pathlib import Path
 
 from svrl_core.config import Params
-from svrl_core.io import write_json_atomic
+from svrl_core.io import is_remote, join, read_json, write_json_atomic
 
 
-def write_metrics(params: Params, name: str, payload: object) -> Path:
-    path = Path(params.paths.metrics) / f"{name}.json"
-    write_json_atomic(path, payload)
-    return path
+def write_metrics(params: Params, name: str, payload: object) -> None:
+    write_json_atomic(join(params.paths.metrics, f"{name}.json"), payload)
 
 
 def read_metrics(params: Params, name: str) -> dict | list:
-    path = Path(params.paths.metrics) / f"{name}.json"
-    if not path.is_file():
+    path = join(params.paths.metrics, f"{name}.json")
+    if not is_remote(path) and not Path(path).is_file():
         raise FileNotFoundError(f"{path} is missing: run the stage that writes it (`dvc repro`)")
-    return json.loads(path.read_text())
+    return read_json(path)
 
 
 def engine_overrides(params: Params) -> dict | None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Callable
 
+import fsspec
 from prefect import task
 
 from svrl_core.algos.grpo_trainer import train_grpo
 from svrl_core.config import Params
+from svrl_core.io import join
 from svrl_core.policies import VLAPolicy
 from tasks.cluster import env_pool
 from tasks.metrics import engine_overrides
@@ -18,7 +19,8 @@ from tasks.metrics import engine_overrides
 
 def run_fingerprint(params: Params) -> str:
     """Names one RL run: its config and the exact starting weights."""
-    weights = hashlib.sha256((Path(params.paths.sft_model) / "model.safetensors").read_bytes()).hexdigest()
+    with fsspec.open(str(join(params.paths.sft_model, "model.safetensors")), "rb") as handle:
+        weights = hashlib.sha256(handle.read()).hexdigest()
     config = json.dumps({"rl": params.rl.model_dump(), "env": params.env.model_dump(), "sft": weights},
                         sort_keys=True)
     return hashlib.sha256(config.encode()).hexdigest()

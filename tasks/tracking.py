@@ -13,6 +13,7 @@ import yaml
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 from svrl_core.config import Params
+from svrl_core.io import is_remote
 
 WANDB_DIR = ".svrl"
 
@@ -45,11 +46,13 @@ def log_videos(run, stage: str, paths: list[str]) -> None:
     """Rollout GIFs to wandb and as links in Prefect."""
     import wandb
 
-    if paths:
-        run.log({f"{stage}/videos": [wandb.Video(p, format="gif", caption=Path(p).stem) for p in paths]})
+    local = [p for p in paths if not is_remote(p)]
+    if local:
+        run.log({f"{stage}/videos": [wandb.Video(p, format="gif", caption=Path(p).stem) for p in local]})
     for path in paths:
-        create_link_artifact(key=f"{stage.replace('_', '-')}-video", link=Path(path).resolve().as_uri(),
-                             link_text=Path(path).name, description=f"{stage}: rollout video")
+        link = path if is_remote(path) else Path(path).resolve().as_uri()
+        create_link_artifact(key=f"{stage.replace('_', '-')}-video", link=link,
+                             link_text=str(path).rsplit("/", 1)[-1], description=f"{stage}: rollout video")
 
 
 def publish_success_table(stage: str, table: dict) -> None:

@@ -37,9 +37,10 @@ def test_report_and_plots(tmp_path):
     better = {**table, "success_rate": 0.75}
     history = [{"iteration": i, "success_rate": 0.1 * i, "kept_group_fraction": 0.5, "env_steps_per_s": 1000.0}
                for i in range(1, 6)]
-    path = write_report("title", table, better, history, tmp_path)
-    text = path.read_text()
+    text = write_report("title", table, better, history, tmp_path / "report")
+    assert text == (tmp_path / "report/report.md").read_text()
     assert "| **all** (8 / 8 episodes) | **0.50** | **0.75** | **+0.25** |" in text
-    assert (tmp_path / "success.png").stat().st_size > 1000 and (tmp_path / "learning_curve.png").stat().st_size > 1000
+    assert (tmp_path / "report/success.png").stat().st_size > 1000
+    assert (tmp_path / "report/learning_curve.png").stat().st_size > 1000
     plot_success_rates({"only": table}, tmp_path / "one.png")
     assert (tmp_path / "one.png").is_file()

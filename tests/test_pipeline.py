@@ -246,3 +246,31 @@ def test_dvc_experiments_sweep_a_parameter(project):
     assert stages_run(result.stdout + result.stderr) == {"rl", "eval_rl", "export", "report"}, result.stdout
     table = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     assert "lr-sweep" in json.dumps(table)
+
+
+def test_stages_write_outputs_straight_to_s3(project, s3_endpoint, tmp_path, monkeypatch):
+    """Outside DVC (e.g. a Prefect deployment), stage outputs may be s3:// URLs, written via fsspec."""
+    import fsspec
+
+    from svrl_core.data import load_dataset
+    from svrl_core.policies import VLAPolicy
+
+    for key, value in s3_endpoint.items():
+        monkeypatch.setenv(key, value)
+    params = tiny_params_yaml()
+    base = "s3://svrl-test/direct"
+    params["paths"].update(demos=f"{base}/demos", sft_model=f"{base}/sft", metrics=f"{base}/metrics",
+                           plots=f"{base}/plots")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    for stage in ("ingest", "sft"):
+        run([sys.executable, "-m", f"flows.{stage}", "--params", str(path)], project, env=s3_endpoint)
+    fs = fsspec.filesystem("s3")
+    assert fs.exists("svrl-test/direct/sft/_COMPLETE") and fs.exists("svrl-test/direct/sft/model.safetensors")
+    assert load_dataset(f"{base}/demos").n_episodes == 4
+    assert VLAPolicy.load(f"{base}/sft").cfg.n_bins == 32
+    assert json.loads(fs.cat("svrl-test/direct/metrics/sft.json"))["step"] == 5
+
+    fs.rm("svrl-test/direct/sft/_COMPLETE")  # as if the upload had been cut short
+    with pytest.raises(FileNotFoundError, match="incompletely written"):
+        VLAPolicy.load(f"{base}/sft")

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from svrl_core.data.stats import feature_stats
-from svrl_core.io import atomic_directory, write_json_atomic
+from svrl_core.io import atomic_directory, is_remote, local_directory, write_json_atomic
 
 CODEBASE_VERSION = "v3.0"
 DATA_FILE = "data/chunk-000/file-000.parquet"
@@ -137,7 +137,12 @@ def _read_json(path: Path) -> dict:
 
 
 def load_dataset(root: str | Path) -> DemoDataset:
-    """Read and validate a dataset written by `write_dataset` (or LeRobot v3 with PNG images)."""
+    """Read and validate a dataset written by `write_dataset` (or LeRobot v3 with PNG images).
+
+    `root` may be an fsspec URL of a completely written dataset (s3://...)."""
+    if is_remote(root):
+        with local_directory(root) as local:
+            return load_dataset(local)
     root = Path(root)
     if not (root / "meta/info.json").is_file():
         raise DatasetError(f"{root}: no dataset here (meta/info.json missing); run `dvc repro ingest` first")

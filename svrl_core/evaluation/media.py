@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from svrl_core.io import atomic_directory, join  # noqa: E402
 from svrl_core.rollout import Trajectory  # noqa: E402
 
 GIF_SCALE = 4
@@ -28,22 +29,22 @@ def across_tasks(trajectories: list[Trajectory]) -> list[Trajectory]:
 
 
 def save_episode_gifs(trajectories: list[Trajectory], directory: str | Path, n_videos: int, camera: str) -> list[Path]:
-    """Write up to n_videos GIFs, half successes and half failures where both exist, spread over tasks."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write up to n_videos GIFs, half successes and half failures where both exist, spread over tasks.
+
+    The directory is replaced as a whole (also at an fsspec URL); returns the GIFs' paths in it."""
     successes = across_tasks([t for t in trajectories if t.success])
     failures = across_tasks([t for t in trajectories if not t.success])
     n_success = min(len(successes), max(n_videos - len(failures), (n_videos + 1) // 2))
     chosen = successes[:n_success] + failures[: n_videos - n_success]
-    paths = []
-    for traj in chosen:
-        frames = [o.images[camera] for o in traj.observations] + [traj.final_obs.images[camera]]
-        big = [Image.fromarray(np.kron(f, np.ones((GIF_SCALE, GIF_SCALE, 1), dtype=np.uint8))) for f in frames]
-        outcome = "success" if traj.success else "failure"
-        path = directory / f"{traj.request.task}_seed{traj.request.seed}_{outcome}.gif"
-        big[0].save(path, save_all=True, append_images=big[1:], duration=GIF_FRAME_MS, loop=0)
-        paths.append(path)
-    return paths
+    names = []
+    with atomic_directory(directory) as staging:
+        for traj in chosen:
+            frames = [o.images[camera] for o in traj.observations] + [traj.final_obs.images[camera]]
+            big = [Image.fromarray(np.kron(f, np.ones((GIF_SCALE, GIF_SCALE, 1), dtype=np.uint8))) for f in frames]
+            outcome = "success" if traj.success else "failure"
+            names.append(f"{traj.request.task}_seed{traj.request.seed}_{outcome}.gif")
+            big[0].save(staging / names[-1], save_all=True, append_images=big[1:], duration=GIF_FRAME_MS, loop=0)
+    return [join(directory, name) for name in names]
 
 
 def plot_success_rates(tables: dict[str, dict], path: str | Path) -> None:

@@ -19,7 +19,7 @@ from torch.nn import functional as F
 from svrl_core.config import PolicyConfig
 from svrl_core.data import DemoDataset
 from svrl_core.envs.base import Obs
-from svrl_core.io import atomic_directory, write_json_atomic
+from svrl_core.io import atomic_directory, local_directory, write_json_atomic
 from svrl_core.policies.text import encode_instructions
 from svrl_core.policies.tiny_vla import ARCHITECTURE, PolicyInputs, TinyVLA, TinyVLAConfig
 from svrl_core.policies.tokenizer import ActionTokenizer
@@ -110,25 +110,30 @@ class VLAPolicy:
 
     @classmethod
     def load(cls, directory: str | Path) -> "VLAPolicy":
-        directory = Path(directory)
+        """Load a checkpoint directory (local, or a complete one at an fsspec URL)."""
+        with local_directory(directory) as local:
+            return cls._load_local(local, directory)
+
+    @classmethod
+    def _load_local(cls, directory: Path, name: str | Path) -> "VLAPolicy":
         files = {name: directory / name for name in ("config.json", "model.safetensors", "tokenizer.json", "norm_stats.json")}
         missing = [name for name, path in files.items() if not path.is_file()]
         if missing:
-            raise CheckpointError(f"{directory}: not a policy checkpoint, missing {missing}")
+            raise CheckpointError(f"{name}: not a policy checkpoint, missing {missing}")
         try:
             raw_cfg = json.loads(files["config.json"].read_text())
             tokenizer = json.loads(files["tokenizer.json"].read_text())
             norm = json.loads(files["norm_stats.json"].read_text())
         except json.JSONDecodeError as err:
-            raise CheckpointError(f"{directory}: corrupt json ({err})") from None
+            raise CheckpointError(f"{name}: corrupt json ({err})") from None
         if raw_cfg.get("architecture") != ARCHITECTURE:
-            raise CheckpointError(f"{directory}: architecture {raw_cfg.get('architecture')!r}, "
+            raise CheckpointError(f"{name}: architecture {raw_cfg.get('architecture')!r}, "
                                   f"this code loads {ARCHITECTURE!r}")
         try:
             model = TinyVLA(TinyVLAConfig(**raw_cfg))
             model.load_state_dict(load_file(files["model.safetensors"]), strict=True)
         except (TypeError, RuntimeError, OSError) as err:
-            raise CheckpointError(f"{directory}: weights do not match config.json ({err})") from None
+            raise CheckpointError(f"{name}: weights do not match config.json ({err})") from None
         return cls(model, ActionTokenizer.from_dict(tokenizer["action"]),
                    np.asarray(norm["state_mean"], dtype=np.float32), np.asarray(norm["state_std"], dtype=np.float32),
                    norm["dataset"])
