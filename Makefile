@@ -6,7 +6,7 @@ STAMP := $(VENV)/.svrl-setup-done
 SYSTEM_PACKAGES := git g++ make python3-venv
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run test bench ui ui-down deploy push pull
+.PHONY: setup run repro test bench ui ui-down deploy push pull
 REMOTE ?= local  # a DVC remote in .dvc/config: local (a directory) or s3 (AWS_* variables)
 
 setup: $(STAMP)
@@ -23,6 +23,9 @@ $(STAMP): requirements.lock pyproject.toml Makefile
 run: setup
 	$(PY) -m flows.server exec $(PY) -m flows.pipeline
 	@echo "Report: reports/report.md"
+
+repro: setup  # plain `dvc repro`, with the venv's python first on PATH (dvc.yaml runs `python -m ...`)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
 
 test: setup
 	$(PY) -m pytest -q tests

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from svrl_core.io import atomic_directory, write_json_atomic
+from svrl_core.io import atomic_directory, local_directory, write_json_atomic
 from svrl_core.policies import CheckpointError, VLAPolicy
 
 logger = logging.getLogger("svrl")
@@ -36,16 +36,23 @@ def save_training_state(directory: str | Path, fingerprint: str, policy: VLAPoli
 
 def load_training_state(directory: str | Path, fingerprint: str) -> TrainingState | None:
     """The saved state if it belongs to this run; None if there is none or it is another run's."""
-    directory = Path(directory)
+    try:
+        with local_directory(directory) as local:
+            return _load_local(local, fingerprint, directory)
+    except FileNotFoundError:  # no complete state at a remote URL
+        return None
+
+
+def _load_local(directory: Path, fingerprint: str, name: str | Path) -> TrainingState | None:
     if not (directory / "state.json").is_file():
         return None
     try:
         progress = json.loads((directory / "state.json").read_text())
         if progress.pop("fingerprint", None) != fingerprint:
-            logger.info("%s holds another run's state (different config or start); starting fresh", directory)
+            logger.info("%s holds another run's state (different config or start); starting fresh", name)
             return None
         optimizer_state = torch.load(directory / "optimizer.pt", weights_only=True)
         return TrainingState(VLAPolicy.load(directory / "policy"), optimizer_state, progress)
     except (OSError, json.JSONDecodeError, RuntimeError, CheckpointError) as err:
-        logger.warning("%s: unreadable training state (%s); starting fresh", directory, err)
+        logger.warning("%s: unreadable training state (%s); starting fresh", name, err)
         return None
