@@ -69,3 +69,18 @@ def test_bad_input(env):
         env.step(np.zeros(2))
     with pytest.raises(ValueError, match="unknown task"):
         make_env(EnvConfig(tasks=["red", "octarine"]))
+
+
+def test_demonstrations_keep_only_successes_and_report_expert_success():
+    from svrl_core.experts.toy_reach import collect_demonstrations
+
+    short = ToyReachEnv(EnvConfig(max_steps=6))  # the expert often runs out of steps
+    episodes, report = collect_demonstrations(short, ["red", "blue"], per_task=3, seed_start=0, noise=0.0)
+    assert len(episodes) == 6 and [e.task for e in episodes] == ["move to the red disc"] * 3 + ["move to the blue disc"] * 3
+    for task in ("red", "blue"):
+        attempts = report[task]["attempts"]
+        assert attempts >= 3 and report[task]["expert_success_rate"] == 3 / attempts
+    assert report["red"]["attempts"] > 3, "this layout has a failure to drop"
+    assert all(len(e.actions) <= 6 for e in episodes)
+    with pytest.raises(RuntimeError, match="expert succeeded only"):
+        collect_demonstrations(ToyReachEnv(EnvConfig(max_steps=1)), ["red"], 2, 0, 0.0)
