@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,48 +62,57 @@ def run_episodes(policy: VLAPolicy, pool: EnvPool, requests: list[EpisodeRequest
                  progress_name: str | None = None) -> list[Trajectory]:
     """Run every request to its end; greedy when `temperature` is None, else sampled.
 
-    An episode whose env was lost mid-way (pool answered None) is re-run from its initial
-    state: every request yields exactly one complete trajectory.
+    Every live env is queried in one batch per step; an env whose episode ends takes the next
+    pending request at once, so envs never wait for a whole wave. An episode whose env was
+    lost (pool answered None) is re-run from its initial state: every request yields exactly
+    one complete trajectory.
     """
     stats = stats or RolloutStats()
     trajectories = [Trajectory(r) for r in requests]
     progress = Progress(progress_name, len(requests), "episodes") if progress_name else None
-    for start in range(0, len(requests), pool.capacity):
-        wave = list(range(start, min(start + pool.capacity, len(requests))))
-        live = {i: slot for slot, i in enumerate(wave)}  # trajectory index -> env slot
-        obs = _reset_all(pool, live, requests, wave)
-        while live:
-            ids = list(live)
-            began = time.monotonic()
-            inputs = policy.prepare([obs[i] for i in ids])
-            if temperature is None:
-                bins = policy.greedy(inputs)
-            else:
-                bins, _ = policy.sample(inputs, temperature, generator)
-            bins = bins.numpy()  # (B, K, D)
-            actions = policy.bins_to_actions(bins)
-            stepped = time.monotonic()
-            results = pool.step([live[i] for i in ids], actions)
-            stats.inference_time_s += stepped - began
-            stats.env_time_s += time.monotonic() - stepped
-            lost = [i for i, result in zip(ids, results) if result is None]
-            for i, chunk, result in zip(ids, bins, results):
-                if result is None:
-                    continue
-                traj = trajectories[i]
-                traj.observations.append(obs[i])
-                traj.bins.append(chunk)
-                traj.n_executed.append(result.n_executed)
-                stats.env_steps += result.n_executed
-                obs[i] = result.obs
-                if result.done:
-                    traj.final_obs, traj.success = result.obs, result.success
-                    del live[i]
-            if lost:
-                stats.restarted_episodes += len(lost)
-                for i in lost:
-                    trajectories[i] = Trajectory(requests[i])
-                obs.update(_reset_all(pool, live, requests, lost))
+    pending = deque(range(len(requests)))
+    free_slots = list(range(min(pool.capacity, len(requests))))[::-1]
+    live: dict[int, int] = {}  # trajectory index -> env slot
+    obs: dict[int, Obs] = {}
+    to_start: list[int] = []
+    finished = 0
+    while pending or live:
+        while pending and free_slots:
+            i = pending.popleft()
+            live[i] = free_slots.pop()
+            to_start.append(i)
+        obs.update(_reset_all(pool, live, requests, to_start))
+        ids = list(live)
+        began = time.monotonic()
+        inputs = policy.prepare([obs[i] for i in ids])
+        if temperature is None:
+            bins = policy.greedy(inputs)
+        else:
+            bins, _ = policy.sample(inputs, temperature, generator)
+        bins = bins.numpy()  # (B, K, D)
+        actions = policy.bins_to_actions(bins)
+        stepped = time.monotonic()
+        results = pool.step([live[i] for i in ids], actions)
+        stats.inference_time_s += stepped - began
+        stats.env_time_s += time.monotonic() - stepped
+        to_start = []
+        for i, chunk, result in zip(ids, bins, results):
+            if result is None:  # env lost: run the episode again from its start, on the same slot
+                stats.restarted_episodes += 1
+                trajectories[i] = Trajectory(requests[i])
+                to_start.append(i)
+                continue
+            traj = trajectories[i]
+            traj.observations.append(obs[i])
+            traj.bins.append(chunk)
+            traj.n_executed.append(result.n_executed)
+            stats.env_steps += result.n_executed
+            obs[i] = result.obs
+            if result.done:
+                traj.final_obs, traj.success = result.obs, result.success
+                free_slots.append(live.pop(i))
+                del obs[i]
+                finished += 1
         if progress:
-            progress.update(wave[-1] + 1)
+            progress.update(finished)
     return trajectories
