@@ -38,10 +38,10 @@ def run_stage(flow: Callable[..., object]) -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("svrl").setLevel(logging.INFO)  # progress lines, also captured by Prefect
-    torch.set_num_threads(1)
     check_prefect_api()
     try:
-        load_params(args.params)  # fail fast, before any Prefect server is involved
+        params = load_params(args.params)  # fail fast, before any Prefect server is involved
+        torch.set_num_threads(params.compute.torch_threads)
         flow(params_path=args.params)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
@@ -50,13 +50,9 @@ def run_stage(flow: Callable[..., object]) -> None:
 
 def main() -> None:
     """`svrl STAGE [--params PATH]` where STAGE is a dvc.yaml stage or `pipeline`."""
-    import importlib
-
     from flows.pipeline import STAGE_FLOWS, pipeline_flow
 
     flows = {**STAGE_FLOWS, "pipeline": pipeline_flow}
     if len(sys.argv) < 2 or sys.argv[1] not in flows:
         sys.exit(f"usage: svrl {{{'|'.join(flows)}}} [--params PATH]")
-    name = sys.argv.pop(1)
-    importlib.import_module("flows.settings")
-    run_stage(flows[name])
+    run_stage(flows[sys.argv.pop(1)])
