@@ -194,16 +194,17 @@ def train_grpo(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: RlConfig
         history, sampler.cursor = saved.progress["history"], saved.progress["prompt_cursor"]
         logger.info("rl: resuming after iteration %d from %s", len(history), state_dir)
     progress = Progress("rl", cfg.iterations, "iterations")
-    while len(history) < cfg.iterations and idle_streak(history) < cfg.max_idle_iterations:
+    stalled = lambda: idle_streak(history) >= cfg.max_idle_iterations  # noqa: E731
+    while len(history) < cfg.iterations and not stalled():
         row = grpo_iteration(policy, pool, trainer, sampler, cfg, len(history) + 1)
         history.append(row)
         on_iteration(row)
         progress.update(len(history), success=row["success_rate"], kept=row["kept_group_fraction"])
-        finished = len(history) == cfg.iterations or idle_streak(history) >= cfg.max_idle_iterations
-        if state_dir and (len(history) % cfg.checkpoint_every == 0 or finished):
+        last = len(history) == cfg.iterations or stalled()
+        if state_dir and (len(history) % cfg.checkpoint_every == 0 or last):
             save_training_state(state_dir, fingerprint, policy, trainer.optimizer,
                                 {"history": history, "prompt_cursor": sampler.cursor})
-    if idle_streak(history) >= cfg.max_idle_iterations:
+    if stalled():
         logger.warning("rl: stopped after %d iterations without a mixed group (last success rate %.3f): %s",
                        idle_streak(history), history[-1]["success_rate"], why_nothing_to_learn(history[-1]["success_rate"]))
     return history
