@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.svrl-setup-done
-SYSTEM_PACKAGES := git g++ make python3-venv
+SYSTEM_PACKAGES := git g++ make python3-venv libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 libglvnd0
 export PYTHONUNBUFFERED := 1
 
 .PHONY: setup run repro test bench ui ui-down deploy push pull

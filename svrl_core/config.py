@@ -39,16 +39,29 @@ class PathsConfig(Section):
 class EnvConfig(Section):
     """The simulated task family shared by every stage."""
 
-    family: Literal["toy"] = "toy"
-    tasks: list[str] = Field(default_factory=lambda: ["red", "green", "blue", "yellow"], min_length=1)
-    image_size: int = Field(32, ge=16, le=256)
-    n_objects: int = Field(3, ge=2, le=6)
-    max_steps: int = Field(32, ge=1, le=10_000)
+    family: Literal["toy", "libero"] = "toy"
+    tasks: list[str] = Field(default_factory=lambda: ["red", "green", "blue", "yellow"], min_length=1,
+                             description="training tasks: toy colours, or LIBERO task names / indices")
+    image_size: int = Field(32, ge=16, le=512)
+    max_steps: int | Literal["oft", "simplevla"] = Field(
+        32, description="policy steps per episode; LIBERO also takes the presets 'oft' and 'simplevla'")
+    n_objects: int = Field(3, ge=2, le=6, description="toy: discs in the arena")
+    suite: Literal["libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90"] = "libero_object"
+    cameras: list[Literal["agentview", "robot0_eye_in_hand"]] = Field(
+        default_factory=lambda: ["agentview"], min_length=1, description="LIBERO: the first one feeds the policy")
+    render_mesh_faces: int = Field(2000, ge=0, description="LIBERO: visual meshes cut to this many "
+                                                           "triangles for the cameras (0: stock meshes)")
+    msaa: bool = Field(False, description="LIBERO: 4x multisampling, as the stock renderer (slower on CPU)")
+    cached_tasks: int = Field(2, ge=1, le=100, description="LIBERO: live task scenes kept per env slot")
 
     @model_validator(mode="after")
-    def _unique_tasks(self) -> "EnvConfig":
+    def _consistent(self) -> "EnvConfig":
         if len(set(self.tasks)) != len(self.tasks):
             raise ValueError(f"tasks must be unique, got {self.tasks}")
+        if isinstance(self.max_steps, int) and self.max_steps < 1:
+            raise ValueError(f"max_steps must be positive, got {self.max_steps}")
+        if self.family == "toy" and not isinstance(self.max_steps, int):
+            raise ValueError(f"max_steps presets ({self.max_steps!r}) are for LIBERO; the toy env needs a number")
         return self
 
 

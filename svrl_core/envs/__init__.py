@@ -10,7 +10,11 @@ def make_env(cfg: EnvConfig) -> VLAEnv:
         from svrl_core.envs.toy import ToyReachEnv
 
         return ToyReachEnv(cfg)
-    raise ValueError(f"env.family {cfg.family!r} is not known; valid: 'toy'")
+    if cfg.family == "libero":
+        from svrl_core.envs.libero import LiberoEnv
+
+        return LiberoEnv(cfg)
+    raise ValueError(f"env.family {cfg.family!r} is not known; valid: 'toy', 'libero'")
 
 
 __all__ = ["Obs", "StepResult", "VLAEnv", "make_env"]
