@@ -20,7 +20,11 @@ $(STAMP): requirements.lock pyproject.toml Makefile
 	$(PY) -c 'from svrl_core.training.engine import prebuild_ops; prebuild_ops()'  # DeepSpeed CPU comm op, once
 	touch $(STAMP)
 
+# A named config in configs/ (e.g. `make run CONFIG=toy`) is copied over params.yaml first.
+CONFIG ?=
+
 run: setup
+	$(if $(CONFIG),cp configs/$(CONFIG).yaml params.yaml)
 	$(PY) -m flows.server exec $(PY) -m flows.pipeline
 	@echo "Report: reports/report.md"
 
@@ -34,6 +38,8 @@ bench: setup
 	$(PY) -m bench.update
 	$(PY) -m bench.rollout
 	$(PY) -m bench.learning --rl-seeds 0 1
+	$(PY) -m bench.libero_render
+	$(PY) -m bench.libero_experts
 
 ui: setup  # local Prefect server + a worker for the deployments
 	$(PY) -m flows.server ui

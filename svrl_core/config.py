@@ -108,6 +108,8 @@ class IngestConfig(Section):
     episodes_per_task: int = Field(5, ge=1, le=100_000)
     seed_start: int = Field(0, ge=0)
     expert_noise: float = Field(0.1, ge=0.0, le=1.0, description="std of Gaussian action noise")
+    hdf5_files: list[str] = Field(default_factory=list, description="LIBERO: import these official "
+                                  "`<task>_demo.hdf5` files instead of running the expert")
 
 
 class SftConfig(Section):
@@ -128,6 +130,8 @@ class EvalConfig(Section):
     episodes_per_task: int = Field(50, ge=1, le=100_000)
     seed_start: int = Field(1_000_000, ge=0, description="held out: ingest and rl never use it")
     n_videos: int = Field(4, ge=0, le=100)
+    tasks: list[str] | None = Field(None, min_length=1, description="tasks to evaluate (default env.tasks); "
+                                                                    "set to unseen tasks for generalization runs")
 
 
 class RlConfig(Section):
@@ -149,6 +153,8 @@ class RlConfig(Section):
     mini_batch_trajectories: int = Field(64, ge=1)
     epochs: int = Field(1, ge=1, le=100)
     seed_start: int = Field(10_000, ge=0, description="initial states for RL; disjoint from eval")
+    initial_states: int | None = Field(None, ge=1, description="cycle over this many initial states per task "
+                                                               "from seed_start (LIBERO: at most 50); None: never repeat")
     seed: int = Field(0, ge=0)
     max_idle_iterations: int = Field(5, ge=1, description="stop after this many iterations without a mixed group")
     checkpoint_every: int = Field(10, ge=1, description="iterations between resumable state saves")

@@ -7,10 +7,13 @@ import torch
 from prefect import task
 
 from svrl_core.config import Params
-from svrl_core.envs.toy import ToyReachEnv
+from svrl_core.envs import make_env
 from svrl_core.export import BundlePolicy, export_bundle
 from svrl_core.io import local_directory
 from svrl_core.policies import VLAPolicy
+
+
+OBSERVATIONS_PER_TASK = 8
 
 
 @task
@@ -18,9 +21,12 @@ def export_policy(params: Params) -> dict:
     """Export the RL policy and check the bundle reproduces in-process greedy actions exactly."""
     policy = VLAPolicy.load(params.paths.rl_model)
     export_bundle(policy, params.paths.export, params.export.name)
-    env, observations = ToyReachEnv(params.env), []
-    for j, task_name in enumerate(params.env.tasks * 8):
-        observations.append(env.reset(task_name, params.eval.seed_start + j))
+    env = make_env(params.env)
+    try:
+        observations = [env.reset(task_name, params.eval.seed_start + k)
+                        for task_name in params.env.tasks for k in range(OBSERVATIONS_PER_TASK)]
+    finally:
+        env.close()
     inputs = policy.prepare(observations)
     expected = policy.bins_to_actions(policy.greedy(inputs))
     with local_directory(params.paths.export) as local:

@@ -6,17 +6,37 @@ from prefect import task
 
 from svrl_core.config import Params
 from svrl_core.data import write_dataset
-from svrl_core.envs.toy import ToyReachEnv
-from svrl_core.experts.toy_reach import collect_demonstrations
+from svrl_core.data.libero_hdf5 import read_libero_hdf5
+from svrl_core.envs import make_env
+from svrl_core.experts import collect_demonstrations, recorder_for
 
-DEMO_FPS = 10
+DEMO_FPS = {"toy": 10, "libero": 20}  # LIBERO's control frequency
+ROBOT_TYPE = {"toy": "toy-reach", "libero": "panda"}
 
 
 @task
 def generate_demos(params: Params) -> dict:
-    """Scripted-expert demonstrations; only successful episodes become demos."""
-    cfg = params.ingest
-    episodes, per_task = collect_demonstrations(ToyReachEnv(params.env), list(params.env.tasks),
-                                                cfg.episodes_per_task, cfg.seed_start, cfg.expert_noise)
-    write_dataset(params.paths.demos, episodes, fps=DEMO_FPS, robot_type=f"{params.env.family}-reach")
+    """Scripted-expert demonstrations (only successful episodes become demos), or imported official files."""
+    cfg, family = params.ingest, params.env.family
+    if cfg.hdf5_files:
+        episodes, per_task = import_official_demos(params)
+    else:
+        env = make_env(params.env)
+        try:
+            episodes, per_task = collect_demonstrations(env, recorder_for(family), list(params.env.tasks),
+                                                        cfg.episodes_per_task, cfg.seed_start, cfg.expert_noise)
+        finally:
+            env.close()
+    write_dataset(params.paths.demos, episodes, fps=DEMO_FPS[family], robot_type=ROBOT_TYPE[family])
     return {"episodes": len(episodes), "frames": int(sum(len(e.actions) for e in episodes)), "per_task": per_task}
+
+
+def import_official_demos(params: Params) -> tuple[list, dict]:
+    if params.env.family != "libero":
+        raise ValueError(f"ingest.hdf5_files holds official LIBERO files; env.family is {params.env.family!r}")
+    episodes, per_file = [], {}
+    for path in params.ingest.hdf5_files:
+        imported = read_libero_hdf5(path, list(params.env.cameras), params.env.image_size)
+        episodes += imported
+        per_file[path] = {"imported_episodes": len(imported), "instruction": imported[0].task}
+    return episodes, per_file

@@ -3,11 +3,21 @@ import pytest
 from svrl_core.config import ConfigError, Params, load_params, parse_params
 
 
-def test_repository_params_equal_the_documented_defaults():
-    """The class defaults document params.yaml; they must not drift apart."""
-    params = load_params("params.yaml")
+def test_toy_config_equals_the_documented_defaults():
+    """The class defaults document configs/toy.yaml; they must not drift apart."""
+    params = load_params("configs/toy.yaml")
     assert params == Params()
     assert params.rl.temperature == 1.6 and params.rl.clip_high == 0.28 and params.rl.clip_low == 0.2
+
+
+def test_default_params_are_the_libero_object_config():
+    params = load_params("params.yaml")
+    assert params == load_params("configs/libero_object.yaml")
+    assert params.env.family == "libero" and params.env.suite == "libero_object"
+    assert params.rl.temperature == 1.6 and params.rl.clip_high == 0.28 and params.rl.clip_low == 0.2
+    demo_states = set(range(params.ingest.seed_start, params.ingest.seed_start + params.ingest.episodes_per_task))
+    eval_states = set(range(params.eval.seed_start, params.eval.seed_start + params.eval.episodes_per_task))
+    assert not demo_states & eval_states and max(demo_states | eval_states) < 50
 
 
 def test_unknown_key_is_named(tmp_path):

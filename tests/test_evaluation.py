@@ -20,7 +20,7 @@ def trajectories():
 def test_success_table_counts_per_task():
     table = success_table(trajectories())
     assert table["success_rate"] == 0.5 and table["episodes"] == 8 and table["mean_steps"] == 6
-    assert table["per_task"]["red"] == {"episodes": 4, "successes": 2, "success_rate": 0.5}
+    assert table["per_task"]["red"] == {"episodes": 4, "successes": 2, "errors": 0, "success_rate": 0.5}
 
 
 def test_gifs_mix_outcomes_and_tasks(tmp_path):

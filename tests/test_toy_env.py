@@ -72,10 +72,11 @@ def test_bad_input(env):
 
 
 def test_demonstrations_keep_only_successes_and_report_expert_success():
-    from svrl_core.experts.toy_reach import collect_demonstrations
+    from svrl_core.experts import collect_demonstrations
 
     short = ToyReachEnv(EnvConfig(max_steps=6))  # the expert often runs out of steps
-    episodes, report = collect_demonstrations(short, ["red", "blue"], per_task=3, seed_start=0, noise=0.0)
+    episodes, report = collect_demonstrations(short, record_demonstration, ["red", "blue"], per_task=3,
+                                              seed_start=0, noise=0.0)
     assert len(episodes) == 6 and [e.task for e in episodes] == ["move to the red disc"] * 3 + ["move to the blue disc"] * 3
     for task in ("red", "blue"):
         attempts = report[task]["attempts"]
@@ -83,4 +84,4 @@ def test_demonstrations_keep_only_successes_and_report_expert_success():
     assert report["red"]["attempts"] > 3, "this layout has a failure to drop"
     assert all(len(e.actions) <= 6 for e in episodes)
     with pytest.raises(RuntimeError, match="expert succeeded only"):
-        collect_demonstrations(ToyReachEnv(EnvConfig(max_steps=1)), ["red"], 2, 0, 0.0)
+        collect_demonstrations(ToyReachEnv(EnvConfig(max_steps=1)), record_demonstration, ["red"], 2, 0, 0.0)

@@ -29,12 +29,16 @@ class PromptSampler:
     tasks: list[str]
     seed_start: int
     cursor: int = 0
+    initial_states: int | None = None  # cycle over this many states per task; None: a new state every prompt
 
     def next_requests(self, n_prompts: int, group_size: int) -> list[EpisodeRequest]:
         requests = []
         for _ in range(n_prompts):
             task = self.tasks[self.cursor % len(self.tasks)]
-            seed = self.seed_start + self.cursor
+            if self.initial_states is None:
+                seed = self.seed_start + self.cursor
+            else:
+                seed = self.seed_start + (self.cursor // len(self.tasks)) % self.initial_states
             requests += [EpisodeRequest(task, seed, group=self.cursor)] * group_size
             self.cursor += 1
         return requests
@@ -186,7 +190,7 @@ def train_grpo(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: RlConfig
     torch.manual_seed(cfg.seed)
     trainer = DeepSpeedTrainer(policy.model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.mini_batch_trajectories,
                                engine_overrides)
-    sampler, history = PromptSampler(tasks, cfg.seed_start), []
+    sampler, history = PromptSampler(tasks, cfg.seed_start, initial_states=cfg.initial_states), []
     saved = load_training_state(state_dir, fingerprint) if state_dir else None
     if saved:
         policy.model.load_state_dict(saved.policy.model.state_dict())

@@ -16,9 +16,10 @@ def success_table(trajectories: list[Trajectory]) -> dict:
     """Success rate per task and overall."""
     per_task: dict[str, dict] = {}
     for traj in trajectories:
-        row = per_task.setdefault(traj.request.task, {"episodes": 0, "successes": 0})
+        row = per_task.setdefault(traj.request.task, {"episodes": 0, "successes": 0, "errors": 0})
         row["episodes"] += 1
         row["successes"] += int(traj.success)
+        row["errors"] += int(traj.error is not None)  # counted as failures, as the official protocol does
     for row in per_task.values():
         row["success_rate"] = row["successes"] / row["episodes"]
     total = sum(r["successes"] for r in per_task.values())

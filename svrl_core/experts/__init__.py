@@ -1,1 +1,42 @@
-"""Scripted demonstrators with privileged simulator state."""
+"""Scripted demonstrators with privileged simulator state, one per env family."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from svrl_core.data import Episode
+from svrl_core.envs import VLAEnv
+
+Recorder = Callable[[VLAEnv, str, int, float], "tuple[Episode, bool]"]
+
+
+def recorder_for(family: str) -> Recorder:
+    """`record_demonstration(env, task, seed, noise) -> (episode, success)` of the family's expert."""
+    if family == "toy":
+        from svrl_core.experts.toy_reach import record_demonstration
+    elif family == "libero":
+        from svrl_core.experts.libero import record_demonstration
+    else:
+        raise ValueError(f"no scripted expert for env.family {family!r}; valid: 'toy', 'libero'")
+    return record_demonstration
+
+
+def collect_demonstrations(env: VLAEnv, record: Recorder, tasks: list[str], per_task: int, seed_start: int,
+                           noise: float) -> tuple[list[Episode], dict]:
+    """`per_task` successful expert episodes per task, from consecutive seeds; failures are dropped.
+
+    Returns the episodes and, per task, the expert's success rate over its attempts.
+    """
+    episodes, report = [], {}
+    for task in tasks:
+        kept, attempts = [], 0
+        while len(kept) < per_task:
+            if attempts >= 10 * per_task:
+                raise RuntimeError(f"ingest: the expert succeeded only {len(kept)}/{attempts} times on {task!r}")
+            episode, success = record(env, task, seed_start + attempts, noise)
+            attempts += 1
+            if success:
+                kept.append(episode)
+        episodes += kept
+        report[task] = {"expert_success_rate": len(kept) / attempts, "attempts": attempts}
+    return episodes, report

@@ -32,24 +32,3 @@ def record_demonstration(env: ToyReachEnv, task: str, seed: int, noise: float) -
     episode = Episode(task=obs.instruction, images={CAMERA: np.stack(images)},
                       states=np.stack(states), actions=np.stack(actions))
     return episode, result.success
-
-
-def collect_demonstrations(env: ToyReachEnv, tasks: list[str], per_task: int, seed_start: int,
-                           noise: float) -> tuple[list[Episode], dict]:
-    """`per_task` successful expert episodes per task, from consecutive seeds; failures are dropped.
-
-    Returns the episodes and, per task, the expert's success rate over its attempts.
-    """
-    episodes, report = [], {}
-    for task in tasks:
-        kept, attempts = [], 0
-        while len(kept) < per_task:
-            if attempts >= 10 * per_task:
-                raise RuntimeError(f"ingest: the expert succeeded only {len(kept)}/{attempts} times on {task!r}")
-            episode, success = record_demonstration(env, task, seed_start + attempts, noise)
-            attempts += 1
-            if success:
-                kept.append(episode)
-        episodes += kept
-        report[task] = {"expert_success_rate": len(kept) / attempts, "attempts": attempts}
-    return episodes, report

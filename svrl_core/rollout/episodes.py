@@ -25,6 +25,7 @@ class Trajectory:
     n_executed: list[int] = field(default_factory=list)  # C; actions of each chunk that ran
     final_obs: Obs | None = None
     success: bool = False
+    error: str | None = None  # the simulator raised: recorded as a failure, with its message
 
     @property
     def steps(self) -> int:
@@ -109,7 +110,7 @@ def run_episodes(policy: VLAPolicy, pool: EnvPool, requests: list[EpisodeRequest
             stats.env_steps += result.n_executed
             obs[i] = result.obs
             if result.done:
-                traj.final_obs, traj.success = result.obs, result.success
+                traj.final_obs, traj.success, traj.error = result.obs, result.success, result.info.get("error")
                 free_slots.append(live.pop(i))
                 del obs[i]
                 finished += 1

@@ -10,17 +10,14 @@ renders. `seed` is the index of the official initial state.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 
-os.environ.setdefault("MUJOCO_GL", "egl")  # headless software GL; must precede the mujoco import
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from svrl_core.config import EnvConfig  # noqa: E402
-from svrl_core.envs.base import Obs, StepResult  # noqa: E402
-from svrl_core.envs.libero import suites  # noqa: E402
-from svrl_core.envs.libero.render import CameraRenderer, simplify_render_meshes  # noqa: E402
+from svrl_core.config import EnvConfig
+from svrl_core.envs.base import Obs, StepResult
+from svrl_core.envs.libero import suites
+from svrl_core.envs.libero.render import CameraRenderer, simplify_render_meshes
 
 NOOP = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)  # OSC_POSE delta, gripper open
 CAMERAS = ("agentview", "robot0_eye_in_hand")
@@ -102,8 +99,8 @@ class LiberoEnv:
         info = self.task_info(task)
         state = suites.init_state(info, seed)
         self._steps, self._success, self._error, self._task = 0, False, None, task
+        self._sim = self._sim_for(info)  # a scene that cannot be built is a setup error: it raises
         try:
-            self._sim = self._sim_for(info)
             self._raw = self._sim.reset(state)
             for _ in range(suites.SETTLE_STEPS):
                 self._raw, *_ = self._sim.env.step(NOOP)

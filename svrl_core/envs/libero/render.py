@@ -106,7 +106,12 @@ class CameraRenderer:
             model.vis.quality.offsamples = 0
         model.vis.global_.offheight = max(model.vis.global_.offheight, height)
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
-        self._renderer = mujoco.Renderer(model, height, width)
+        try:
+            self._renderer = mujoco.Renderer(model, height, width)
+        except Exception as err:
+            raise RuntimeError(
+                f"LIBERO cameras: no OpenGL context ({err}). Set MUJOCO_GL=egl (or osmesa) before mujoco is "
+                "first imported, and install the EGL packages that `make setup` installs") from err
         self._options = mujoco.MjvOption()
         self._options.geomgroup[0] = 0
         self._options.geomgroup[1] = 1
