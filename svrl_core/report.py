@@ -38,21 +38,24 @@ def success_markdown(sft: dict, rl: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(title: str, sft: dict, rl: dict, history: list[dict], directory: str | Path) -> str:
-    """Write report.md, success.png and learning_curve.png as the directory `directory`; returns the markdown."""
+def write_report(title: str, sft: dict, rl: dict, history: list[dict], directory: str | Path,
+                 protocol: str = "Greedy success rate per task.") -> str:
+    """Write report.md, success.png and learning_curve.png as the directory `directory`; returns the markdown.
+
+    `protocol` says which initial states were evaluated and how they relate to training."""
     with atomic_directory(directory) as staging:
         plot_success_rates({"sft": sft, "rl": rl}, staging / "success.png")
         plot_learning_curve(history, staging / "learning_curve.png")
-        markdown = report_markdown(title, sft, rl, history)
+        markdown = report_markdown(title, sft, rl, history, protocol)
         (staging / "report.md").write_text(markdown)
     return markdown
 
 
-def report_markdown(title: str, sft: dict, rl: dict, history: list[dict]) -> str:
+def report_markdown(title: str, sft: dict, rl: dict, history: list[dict], protocol: str) -> str:
     last = history[-1] if history else {}
     return "\n".join([
         f"# {title}", "",
-        "Greedy success rate on held-out initial states (never used by ingest or RL).", "",
+        protocol, "",
         success_markdown(sft, rl), "",
         "![success per task](success.png)", "",
         f"## GRPO: {len(history)} iterations", "",

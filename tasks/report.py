@@ -14,4 +14,17 @@ from tasks.metrics import read_metrics
 def write_pipeline_report(params: Params) -> str:
     sft, rl = read_metrics(params, "eval_sft"), read_metrics(params, "eval_rl")
     history = read_json(join(params.paths.plots, "rl_history.json"))
-    return write_report(params.report.title, sft, rl, history, params.paths.report)
+    return write_report(params.report.title, sft, rl, history, params.paths.report, describe_protocol(params))
+
+
+def describe_protocol(params: Params) -> str:
+    """Which initial states (seeds) were evaluated, and whether demonstrations or RL may have used them."""
+    ingest, rl = params.ingest, params.rl
+    evaluated = range(params.eval.seed_start, params.eval.seed_start + params.eval.episodes_per_task)
+    demos = range(ingest.seed_start, ingest.seed_start + 10 * ingest.episodes_per_task)  # the expert's attempt cap
+    rl_prompts = rl.initial_states or rl.iterations * rl.prompts_per_batch * (rl.max_refills + 1)
+    trained = range(rl.seed_start, rl.seed_start + rl_prompts)
+    overlap = lambda states: max(states.start, evaluated.start) < min(states.stop, evaluated.stop)  # noqa: E731
+    return (f"Greedy success rate per task on initial states {evaluated.start}..{evaluated.stop - 1}. "
+            f"Demonstrations {'may share' if overlap(demos) else 'never used'} these states; RL "
+            f"{'trained on them too (as SimpleVLA-RL does)' if overlap(trained) else 'never saw them'}.")

@@ -44,3 +44,14 @@ def test_report_and_plots(tmp_path):
     assert (tmp_path / "report/learning_curve.png").stat().st_size > 1000
     plot_success_rates({"only": table}, tmp_path / "one.png")
     assert (tmp_path / "one.png").is_file()
+
+
+def test_report_says_which_states_training_saw():
+    from svrl_core.config import load_params
+    from tasks.report import describe_protocol
+
+    libero = describe_protocol(load_params("params.yaml"))
+    assert "initial states 0..29" in libero and "RL trained on them too" in libero
+    assert "Demonstrations never used these states" in libero
+    toy = describe_protocol(load_params("configs/toy.yaml"))
+    assert "RL never saw them" in toy and "Demonstrations never used" in toy

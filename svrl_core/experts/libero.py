@@ -24,6 +24,8 @@ CARRY_HEIGHT = 0.12  # of the held object's bottom above the container's top
 CLOSE_STEPS, RELEASE_STEPS = 10, 12
 MAX_GRASP_WIDTH = 0.07  # the Panda's fingers open to 0.08 m
 HAND_HALF_SPAN = 0.11  # the hand reaches this far from the grasp point along the finger axis
+RIM_DEPTH = 0.025  # bowls are pinched this far below the rim
+PHASES = ("above", "descend", "close", "lift", "carry", "lower", "release", "retreat")
 
 
 @dataclass(frozen=True)
@@ -95,20 +97,20 @@ class PickPlaceExpert:
     # --- geometry ------------------------------------------------------------------
     def _plan_grasp(self) -> None:
         obj = footprint(self.model, self.data, self.target_body)
-        height = obj.top - obj.bottom
         if self.is_bowl:  # pinch the rim wall, fingers radial; the robot's side first
             centre = obj.top_centre[:2]
             candidates = [(centre + axis * (obj.radius - 0.012), axis)
                           for axis in _directions(np.pi + np.radians([0, 30, -30, 60, -60, 90, -90, 120, -120, 180]))]
         else:  # around the body, fingers across its narrow side (or turned, if it still fits)
-            self.grasp_z = max(obj.top - min(0.035, height / 2), obj.bottom + 0.01)
             base = np.arctan2(obj.narrow_axis[1], obj.narrow_axis[0])
             offsets = np.radians([0, 15, -15, 30, -30, 45, -45, 60, -60, 75, -75, 90])
             widths = np.abs(np.cos(offsets)) * obj.narrow_width + np.abs(np.sin(offsets)) * 2 * obj.radius
             candidates = [(obj.centre[:2], axis) for axis in _directions(base + offsets[widths <= MAX_GRASP_WIDTH])]
         self.grasp_xy, self.finger_axis = self._clearest(candidates or [(obj.centre[:2], obj.narrow_axis)])
         if self.is_bowl:
-            self.grasp_z = obj.top_at(self.grasp_xy) - 0.015
+            self.grasp_z = obj.top_at(self.grasp_xy) - RIM_DEPTH
+        else:  # a few cm below the top, but clear of the floor for flat boxes
+            self.grasp_z = max(obj.top - min(0.035, (obj.top - obj.bottom) / 2), obj.bottom + 0.01)
         self.grip_above_bottom = self.grasp_z - obj.bottom
         self.object_top = obj.top
 
@@ -129,7 +131,7 @@ class PickPlaceExpert:
     def _eef(self) -> np.ndarray:
         return np.asarray(self.env.raw_obs["robot0_eef_pos"], dtype=np.float64)
 
-    def _rotation_action(self) -> np.ndarray:
+    def _rotation_action(self) -> tuple[np.ndarray, float]:
         """Keep the gripper pointing down and turn its fingers onto `finger_axis`."""
         left, right = (self.data.xpos[f] for f in self.fingers)
         axis = (left - right)[:2]
@@ -173,14 +175,13 @@ class PickPlaceExpert:
             "descend": np.linalg.norm(error) < 0.008 or self.phase_steps > 60,
             "close": self.phase_steps >= CLOSE_STEPS,
             "lift": abs(error[2]) < 0.02,
-            "carry": np.linalg.norm(error[:2]) < 0.015,
+            "carry": np.linalg.norm(error[:2]) < 0.02,
             "lower": abs(error[2]) < 0.015 or self.phase_steps > 40,
             "release": self.phase_steps >= RELEASE_STEPS,
             "retreat": False,
         }[self.phase]
         if done:
-            order = list(("above", "descend", "close", "lift", "carry", "lower", "release", "retreat"))
-            self.phase, self.phase_steps = order[order.index(self.phase) + 1], 0
+            self.phase, self.phase_steps = PHASES[PHASES.index(self.phase) + 1], 0
 
 
 def record_demonstration(env: LiberoEnv, task: str, seed: int, noise: float) -> tuple[Episode, bool]:
