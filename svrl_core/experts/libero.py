@@ -92,6 +92,7 @@ class PickPlaceExpert:
         name = lambda body: mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_BODY, body)  # noqa: E731
         self.fingers = name("gripper0_leftfinger"), name("gripper0_rightfinger")
         self.phase, self.phase_steps = "above", 0
+        self.hold_offset = np.zeros(2)  # eef minus held object's centre, xy
         self._plan_grasp()
 
     # --- geometry ------------------------------------------------------------------
@@ -147,8 +148,9 @@ class PickPlaceExpert:
         if self.phase == "above":  # objects may still be settling: aim at where they are now
             self._plan_grasp()
         container = footprint(self.model, self.data, self.container_body)
-        held = footprint(self.model, self.data, self.target_body)
-        drop_xy = container.centre[:2] + eef[:2] - held.centre[:2]  # puts the object's centre over the container's
+        if self.phase == "lift":  # where the object hangs from the hand, fixed once lifted
+            self.hold_offset = eef[:2] - footprint(self.model, self.data, self.target_body).centre[:2]
+        drop_xy = container.centre[:2] + self.hold_offset  # object centre over container centre
         carry_z = max(container.top + CARRY_HEIGHT + self.grip_above_bottom, self.grasp_z + CARRY_HEIGHT)
         place_z = container.top + 0.02 + self.grip_above_bottom
         targets = {
@@ -165,7 +167,8 @@ class PickPlaceExpert:
         error = goal - eef
         rotation, yaw_error = self._rotation_action()
         self._advance(error, yaw_error)
-        translation = np.clip(error / POS_UNIT, -1.0, 1.0) + self.rng.normal(0.0, self.noise, 3)
+        noise = self.noise if gripper == OPEN else self.noise / 4  # a held object slips under jerky motion
+        translation = np.clip(error / POS_UNIT, -1.0, 1.0) + self.rng.normal(0.0, noise, 3)
         return np.r_[np.clip(translation, -1.0, 1.0), rotation, gripper].astype(np.float32)  # (7,)
 
     def _advance(self, error: np.ndarray, yaw_error: float) -> None:
