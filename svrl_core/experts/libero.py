@@ -16,6 +16,7 @@ import numpy as np
 
 from svrl_core.data import Episode
 from svrl_core.envs.libero.env import LiberoEnv
+from svrl_core.experts.recording import record_episode
 
 POS_UNIT, ROT_UNIT = 0.05, 0.5  # metres / radians per action unit (robosuite OSC_POSE defaults)
 OPEN, CLOSE = -1.0, 1.0
@@ -190,19 +191,4 @@ class PickPlaceExpert:
 def record_demonstration(env: LiberoEnv, task: str, seed: int, noise: float) -> tuple[Episode, bool]:
     """Run the expert from init state `seed`, one action per step; returns the episode and its success."""
     rng = np.random.default_rng([seed, 7919])
-    obs = env.reset(task, seed)
-    expert = PickPlaceExpert(env, rng, noise)
-    images, states, actions = {camera: [] for camera in obs.images}, [], []
-    while True:
-        action = expert.act()
-        for camera, image in obs.images.items():
-            images[camera].append(image)
-        states.append(obs.proprio)
-        actions.append(action)
-        result = env.step(action[None, :])
-        obs = result.obs
-        if result.done:
-            break
-    episode = Episode(task=obs.instruction, images={c: np.stack(v) for c, v in images.items()},
-                      states=np.stack(states), actions=np.stack(actions))
-    return episode, result.success
+    return record_episode(env, task, seed, lambda: PickPlaceExpert(env, rng, noise).act)

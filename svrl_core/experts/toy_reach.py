@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from svrl_core.data import Episode
-from svrl_core.envs.toy.reach import CAMERA, MAX_STEP, ToyReachEnv
+from svrl_core.envs.toy.reach import MAX_STEP, ToyReachEnv
+from svrl_core.experts.recording import record_episode
 
 
 def expert_action(env: ToyReachEnv, rng: np.random.Generator, noise: float) -> np.ndarray:
@@ -18,17 +19,4 @@ def expert_action(env: ToyReachEnv, rng: np.random.Generator, noise: float) -> n
 def record_demonstration(env: ToyReachEnv, task: str, seed: int, noise: float) -> tuple[Episode, bool]:
     """Roll the expert out one action at a time; returns the episode and whether it succeeded."""
     rng = np.random.default_rng([seed, 7919])
-    obs = env.reset(task, seed)
-    images, states, actions = [], [], []
-    while True:
-        action = expert_action(env, rng, noise)
-        images.append(obs.images[CAMERA])
-        states.append(obs.proprio)
-        actions.append(action)
-        result = env.step(action[None, :])
-        obs = result.obs
-        if result.done:
-            break
-    episode = Episode(task=obs.instruction, images={CAMERA: np.stack(images)},
-                      states=np.stack(states), actions=np.stack(actions))
-    return episode, result.success
+    return record_episode(env, task, seed, lambda: lambda: expert_action(env, rng, noise))
