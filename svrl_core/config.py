@@ -125,10 +125,11 @@ class SftConfig(Section):
 
 
 class EvalConfig(Section):
-    """Greedy evaluation on held-out initial states (shared by eval_sft and eval_rl)."""
+    """Greedy evaluation on a fixed list of initial states per task (shared by eval_sft and eval_rl)."""
 
     episodes_per_task: int = Field(50, ge=1, le=100_000)
-    seed_start: int = Field(1_000_000, ge=0, description="held out: ingest and rl never use it")
+    seed_start: int = Field(1_000_000, ge=0, description="first evaluated initial state; the report says "
+                                                          "whether ingest or rl used these states")
     n_videos: int = Field(4, ge=0, le=100)
     tasks: list[str] | None = Field(None, min_length=1, description="tasks to evaluate (default env.tasks); "
                                                                     "set to unseen tasks for generalization runs")
@@ -152,9 +153,9 @@ class RlConfig(Section):
     grad_clip: float = Field(1.0, gt=0.0)
     mini_batch_trajectories: int = Field(64, ge=1)
     epochs: int = Field(1, ge=1, le=100)
-    seed_start: int = Field(10_000, ge=0, description="initial states for RL; disjoint from eval")
-    initial_states: int | None = Field(None, ge=1, description="cycle over this many initial states per task "
-                                                               "from seed_start (LIBERO: at most 50); None: never repeat")
+    seed_start: int = Field(10_000, ge=0, description="first initial state for RL")
+    initial_states: int | None = Field(None, ge=1, description="cycle over this many initial states per "
+                                                               "task (LIBERO: at most 50); None: never repeat")
     seed: int = Field(0, ge=0)
     max_idle_iterations: int = Field(5, ge=1, description="stop after this many iterations without a mixed group")
     checkpoint_every: int = Field(10, ge=1, description="iterations between resumable state saves")
