@@ -33,6 +33,12 @@ def requests_for(tasks: list[str], n: int, seed_start: int) -> list[EpisodeReque
     return [EpisodeRequest(tasks[i % len(tasks)], seed_start + i) for i in range(n)]
 
 
+def warm_up(policy, pool, requests) -> None:
+    """Build every env on every worker (first frames, render setup) and run the model once, untimed."""
+    obs = pool.reset(list(range(pool.capacity)), requests[:pool.capacity])
+    policy.sample(policy.prepare(obs), 1.0, torch.Generator())
+
+
 def random_stepping(pool, requests, chunk: int, action_dim: int) -> float:
     """Env steps/s with uniform random action chunks, every env to its end."""
     rng = np.random.default_rng(0)
@@ -91,7 +97,7 @@ def main() -> None:
         envs_per_worker = args.episodes // n_workers
         with dask_client(compute) as client:
             pool = DaskEnvPool(client, params.env, envs_per_worker)
-            policy_rollouts(policy, pool, requests[:16], temperature)  # warm up workers and inference
+            warm_up(policy, pool, requests)
             raw = random_stepping(pool, requests, k, d)
             rate, wall, success = policy_rollouts(policy, pool, requests, temperature)
             pool.pipeline_stages = 2

@@ -6,6 +6,7 @@ import torch
 
 from svrl_core.envs.toy import ToyReachEnv
 from svrl_core.policies import CheckpointError, VLAPolicy
+from svrl_core.policies.policy import sample_categorical
 
 
 def observations(params, n=6):
@@ -31,6 +32,17 @@ def test_log_probs_match_the_samplers_own(tiny_policy_any_trunk, tiny_params):
         recomputed, entropy = tiny_policy.log_probs(inputs, bins, temperature)
         assert torch.allclose(sampled, recomputed, atol=1e-6)
         assert recomputed.requires_grad and (entropy > 0).all()
+
+
+def test_sample_categorical_follows_the_probabilities():
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2], [0.9, 0.0, 0.0, 0.0, 0.1]])  # (2, 5)
+    draws = sample_categorical(probs.expand(20_000, 2, 5), torch.Generator().manual_seed(0))  # (20000, 2)
+    for row in range(2):
+        frequency = torch.bincount(draws[:, row], minlength=5) / 20_000
+        assert torch.allclose(frequency, probs[row], atol=0.015), frequency
+        assert (frequency[probs[row] == 0] == 0).all()  # never a bin of zero probability
+    again = sample_categorical(probs.expand(20_000, 2, 5), torch.Generator().manual_seed(0))
+    assert torch.equal(draws, again)
 
 
 def test_temperature_spreads_samples(tiny_policy, tiny_params):
