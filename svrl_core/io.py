@@ -92,6 +92,22 @@ def _publish(local: Path, url: str) -> None:
     fs.pipe(f"{root}/{COMPLETE_MARKER}", b"")
 
 
+def remove_directory(target: str | Path) -> None:
+    """Delete a directory output if it exists; readers stop trusting it first (marker / rename)."""
+    if is_remote(target):
+        fs, root = fsspec.core.url_to_fs(str(target))
+        if with_retries(lambda: fs.exists(f"{root}/{COMPLETE_MARKER}"), f"checking {target}"):
+            with_retries(lambda: fs.rm(f"{root}/{COMPLETE_MARKER}"), f"deleting {target}")
+        if with_retries(lambda: fs.exists(root), f"checking {target}"):
+            with_retries(lambda: fs.rm(root, recursive=True), f"deleting {target}")
+        return
+    target = Path(target)
+    if target.exists():
+        retired = target.parent / f".{target.name}.old-{os.getpid()}"
+        os.replace(target, retired)
+        shutil.rmtree(retired)
+
+
 @contextmanager
 def local_directory(source: str | Path) -> Iterator[Path]:
     """A local view of a directory output: the path itself, or a download of a complete remote one."""

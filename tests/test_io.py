@@ -63,3 +63,19 @@ def test_missing_or_forbidden_is_not_retried(monkeypatch):
     with pytest.raises(FileNotFoundError, match="no _COMPLETE marker"):
         with io.local_directory("memory://bucket/model"):
             pass
+
+
+@pytest.mark.parametrize("root", ["memory://bucket", "local"])
+def test_removed_directory_is_gone_and_removing_nothing_is_fine(monkeypatch, tmp_path, root):
+    target = f"{root}/state" if root != "local" else tmp_path / "state"
+    with io.atomic_directory(target) as staging:
+        (staging / "state.json").write_text("{}")
+    if root != "local":
+        flaky(monkeypatch, "rm", failures=1, error=ConnectionResetError("connection reset by peer"))
+    io.remove_directory(target)
+    with pytest.raises(FileNotFoundError):
+        with io.local_directory(target) as local:
+            (local / "state.json").read_text()
+    io.remove_directory(target)  # already gone: nothing to do
+    if root == "local":
+        assert list(tmp_path.iterdir()) == []  # no staging or retired copies left behind

@@ -166,6 +166,8 @@ def test_rl_stage_killed_mid_run_resumes_to_the_same_result(project, tmp_path):
     clean_history = json.loads((tmp_path / "clean/plots/rl_history.json").read_text())
     assert len(resumed_history) == 30 and without_timings(resumed_history) == without_timings(clean_history)
     assert (tmp_path / "killed/rl/model.safetensors").read_bytes() == (tmp_path / "clean/rl/model.safetensors").read_bytes()
+    # finished: the state is gone, so a rerun with changed code cannot reload the finished run
+    assert not (tmp_path / "killed/state").exists() and not (tmp_path / "clean/state").exists()
 
 
 @pytest.fixture(scope="module")
