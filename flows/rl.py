@@ -2,8 +2,7 @@ from prefect import flow
 
 from flows.cli import run_stage
 from svrl_core.config import load_params
-from svrl_core.io import join, write_json_atomic
-from svrl_core.training.checkpoint import discard_training_state
+from svrl_core.io import join, remove_directory, write_json_atomic
 from tasks.metrics import write_metrics
 from tasks.rl import train_rl_policy
 from tasks.tracking import tracking_run
@@ -23,7 +22,7 @@ def rl_flow(params_path: str = "params.yaml") -> dict:
     summary = {"iterations": len(history), "env_steps": sum(r["env_steps"] for r in history),
                **{f"first_{k}": first[k] for k in SUMMARY_KEYS}, **{f"last_{k}": last[k] for k in SUMMARY_KEYS}}
     write_metrics(params, "rl", summary)
-    discard_training_state(params.paths.rl_state)  # outputs written: a rerun (new code or data) starts afresh
+    remove_directory(params.paths.rl_state)  # outputs written: a rerun (new code, same config) starts afresh
     return summary
 
 

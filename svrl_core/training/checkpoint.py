@@ -1,8 +1,9 @@
 """Resumable training state: policy, optimizer and progress, written atomically.
 
 A state belongs to one run, named by a fingerprint of everything that determines it
-(config, starting checkpoint). A state with another fingerprint is never resumed. Once a run's outputs are written its state
-is discarded: the fingerprint cannot see code changes, so a rerun must not reload a finished run.
+(config, starting checkpoint). A state with another fingerprint is never resumed. The stage
+deletes the state once its outputs are written: the fingerprint cannot see code changes, so
+a rerun must not reload a finished run.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from svrl_core.io import atomic_directory, local_directory, remove_directory, write_json_atomic
+from svrl_core.io import atomic_directory, local_directory, write_json_atomic
 from svrl_core.policies import CheckpointError, VLAPolicy
 
 logger = logging.getLogger("svrl")
@@ -68,7 +69,3 @@ def zero_state_types() -> list[type]:
 
     return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
 
-
-def discard_training_state(directory: str | Path) -> None:
-    """Delete a finished run's state (no-op if there is none)."""
-    remove_directory(directory)
