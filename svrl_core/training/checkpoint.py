@@ -68,4 +68,3 @@ def zero_state_types() -> list[type]:
     from deepspeed.utils.tensor_fragment import fragment_address
 
     return [ZeroStageEnum, LossScaler, DynamicLossScaler, fragment_address]
-
