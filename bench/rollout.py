@@ -96,7 +96,7 @@ def main() -> None:
         compute = params.compute.model_copy(update={"n_workers": n_workers, "scheduler_address": None})
         envs_per_worker = args.episodes // n_workers
         with dask_client(compute) as client:
-            pool = DaskEnvPool(client, params.env, envs_per_worker)
+            pool = DaskEnvPool(client, params.env, compute.model_copy(update={"envs_per_worker": envs_per_worker}))
             warm_up(policy, pool, requests)
             raw = random_stepping(pool, requests, k, d)
             rate, wall, success = policy_rollouts(policy, pool, requests, temperature)

@@ -97,6 +97,10 @@ class ComputeConfig(Section):
     scheduler_address: str | None = Field(None, description="tcp://host:port of a running Dask scheduler")
     connect_timeout_s: float = Field(30.0, gt=0, le=3600, description="give up on an unreachable scheduler after this")
     max_worker_failures: int = Field(3, ge=0, le=1000, description="env worker losses tolerated per rollout pool")
+    env_call_timeout_s: float = Field(600.0, gt=0, le=86_400, description="an env reset/step call on a worker "
+                                      "that takes longer counts as a lost worker: restarted, its episodes re-run")
+    actor_start_timeout_s: float = Field(900.0, gt=0, le=86_400, description="give up on building a worker's "
+                                         "envs after this")
     pipeline_stages: int = Field(1, ge=1, le=64, description="rollout envs split into stages: one stage steps "
                                                              "while the model infers for another (1: off)")
     torch_threads: int = Field(1, ge=1, le=256)

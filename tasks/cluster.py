@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from distributed import Client, LocalCluster
 
 from svrl_core.config import ComputeConfig, EnvConfig
 from svrl_core.rollout.dask_pool import DaskEnvPool
 
+T = TypeVar("T")
+
+
 @contextmanager
 def dask_client(cfg: ComputeConfig) -> Iterator[Client]:
-    """Connect to `scheduler_address`, or start a LocalCluster of `n_workers` single-thread processes."""
+    """Connect to `scheduler_address`, or start a LocalCluster of `n_workers` single-thread processes.
+
+    Either way the client is handed out only once workers answer, within `connect_timeout_s`."""
     if cfg.scheduler_address:
         try:
             client = Client(cfg.scheduler_address, timeout=cfg.connect_timeout_s)
@@ -20,19 +26,50 @@ def dask_client(cfg: ComputeConfig) -> Iterator[Client]:
             raise RuntimeError(f"compute.scheduler_address={cfg.scheduler_address!r}: no Dask scheduler answered "
                                f"within {cfg.connect_timeout_s:g}s ({err}); start one or set it to null") from None
         with client:
+            _wait_for_workers(client, 1, cfg, f"the scheduler at {cfg.scheduler_address}")
             yield client
         return
-    with LocalCluster(n_workers=cfg.n_workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    cluster = _with_deadline(lambda: LocalCluster(n_workers=cfg.n_workers, threads_per_worker=1, processes=True,
+                                                  dashboard_address=None),
+                             cfg.connect_timeout_s, f"a local Dask cluster of {cfg.n_workers} workers")
+    with cluster, Client(cluster, timeout=cfg.connect_timeout_s) as client:
+        _wait_for_workers(client, cfg.n_workers, cfg, "the local Dask cluster")
         yield client
+
+
+def _wait_for_workers(client: Client, n: int, cfg: ComputeConfig, where: str) -> None:
+    try:
+        client.wait_for_workers(n, timeout=cfg.connect_timeout_s)
+    except TimeoutError:
+        raise RuntimeError(f"{where}: fewer than {n} worker(s) within compute.connect_timeout_s="
+                           f"{cfg.connect_timeout_s:g}s; start workers or raise the timeout") from None
+
+
+def _with_deadline(start: Callable[[], T], timeout_s: float, what: str) -> T:
+    """`start()` in a daemon thread: a start that never returns fails here instead of hanging the stage."""
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = start()
+        except BaseException as err:  # handed to the caller below
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run, name="svrl-cluster-start", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise RuntimeError(f"{what} did not start within compute.connect_timeout_s={timeout_s:g}s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 @contextmanager
 def env_pool(env_cfg: EnvConfig, compute: ComputeConfig) -> Iterator[DaskEnvPool]:
     """Persistent envs on every Dask worker, closed afterwards."""
     with dask_client(compute) as client:
-        pool = DaskEnvPool(client, env_cfg, compute.envs_per_worker, compute.max_worker_failures,
-                           compute.pipeline_stages)
+        pool = DaskEnvPool(client, env_cfg, compute)
         try:
             yield pool
         finally:

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from svrl_core.rollout import EpisodeRequest, LocalEnvPool, run_episodes
+from svrl_core.rollout.faults import Fault
 from tests.conftest import free_port
 
 
@@ -70,38 +71,70 @@ def test_dask_pool_matches_the_local_pool(tiny_policy, tiny_params):
         assert np.array_equal(a.final_obs.images["main"], b.final_obs.images["main"])
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("stages", [1, 2])
-def test_a_killed_worker_costs_time_not_episodes(tiny_policy, tiny_params, stages):
-    """Kill an env worker mid-rollout: its episodes re-run; counts and rewards equal a clean run."""
-    import os
-    import signal
+FAULT_SCENARIOS = {  # name: (faults in order, pipeline stages)
+    "killed mid-step": ((Fault("step", "kill", 2),), 1),
+    "killed during reset": ((Fault("reset", "kill", 2),), 1),
+    "killed while its replacement starts": ((Fault("step", "kill", 2), Fault("init", "kill")), 1),
+    "a step that hangs": ((Fault("step", "hang", 2),), 1),
+    "an env that raises": ((Fault("step", "raise", 3),), 1),
+    "two stages see the same death": ((Fault("step", "kill", 3),), 2),
+}
 
-    from svrl_core.rollout import RolloutStats
-    from svrl_core.rollout.dask_pool import DaskEnvPool
+
+@pytest.fixture(scope="module")
+def two_worker_client(tiny_params):
     from tasks.cluster import dask_client
 
-    reqs = requests(tiny_params, n_per_task=4)
-    clean = run_episodes(tiny_policy, LocalEnvPool(tiny_params.env, 16), reqs, None)
     with dask_client(tiny_params.compute.model_copy(update={"n_workers": 2})) as client:
-        pool = DaskEnvPool(client, tiny_params.env, envs_per_worker=4, pipeline_stages=stages)
-        victim = client.run(os.getpid)[sorted(client.scheduler_info()["workers"])[0]]
-        real_step, calls = pool.step, []
+        yield client
 
-        def step_then_kill(slots, chunks):
-            calls.append(1)
-            if len(calls) == 2:
-                os.kill(victim, signal.SIGKILL)
-            return real_step(slots, chunks)
 
-        pool.step = step_then_kill
-        stats = RolloutStats()
+@pytest.mark.integration
+@pytest.mark.parametrize("scenario", list(FAULT_SCENARIOS))
+def test_env_worker_faults_cost_time_not_episodes(tiny_policy, tiny_params, two_worker_client, tmp_path, scenario):
+    """Each fault loses a worker's envs: its episodes re-run; counts and rewards equal a clean run."""
+    from svrl_core.rollout import RolloutStats
+    from svrl_core.rollout.dask_pool import DaskEnvPool
+    from svrl_core.rollout.faults import FaultyEnvGroup, fired_faults
+
+    faults, stages = FAULT_SCENARIOS[scenario]
+    reqs = requests(tiny_params, n_per_task=8)  # 16 episodes on 8 envs: two waves of resets
+    clean = run_episodes(tiny_policy, LocalEnvPool(tiny_params.env, 16), reqs, None)
+    hangs = any(fault.action == "hang" for fault in faults)  # a short deadline only where it must expire
+    compute = tiny_params.compute.model_copy(update={"envs_per_worker": 4, "pipeline_stages": stages,
+                                                     "env_call_timeout_s": 5 if hangs else 60})
+    pool = DaskEnvPool(two_worker_client, tiny_params.env, compute, FaultyEnvGroup, (faults, str(tmp_path)))
+    stats = RolloutStats()
+    try:
         rerun = run_episodes(tiny_policy, pool, reqs, None, stats=stats)
-        assert pool.worker_failures == 1 and stats.restarted_episodes >= 1
+    finally:
+        pool.close()
+    assert fired_faults(tmp_path) == len(faults)
+    assert 1 <= pool.worker_failures <= len(faults) and len(pool.losses) == 1 and stats.restarted_episodes >= 1
     assert [t.request for t in rerun] == reqs
     for a, b in zip(clean, rerun):
         assert (a.success, a.steps, len(a.bins)) == (b.success, b.steps, len(b.bins))
         assert all(np.array_equal(x, y) for x, y in zip(a.bins, b.bins))
+
+
+@pytest.mark.integration
+def test_a_hung_env_call_ends_within_its_deadline(tiny_policy, tiny_params, two_worker_client, tmp_path):
+    """With no failures allowed, a step that hangs forever fails the rollout soon after the deadline."""
+    import time
+
+    from svrl_core.rollout.dask_pool import DaskEnvPool
+    from svrl_core.rollout.faults import FaultyEnvGroup
+
+    compute = tiny_params.compute.model_copy(update={"envs_per_worker": 4, "env_call_timeout_s": 3,
+                                                     "max_worker_failures": 0})
+    pool = DaskEnvPool(two_worker_client, tiny_params.env, compute, FaultyEnvGroup,
+                       ((Fault("step", "hang"),), str(tmp_path)))
+    began = time.monotonic()
+    with pytest.raises(RuntimeError, match="lost env workers 1 times.*step did not answer within "
+                                           "compute.env_call_timeout_s=3s"):
+        run_episodes(tiny_policy, pool, requests(tiny_params), None)
+    assert time.monotonic() - began < 20
+    pool.close()
 
 
 @pytest.mark.integration
@@ -112,8 +145,9 @@ def test_losing_workers_too_often_fails_clearly(tiny_policy, tiny_params):
     from svrl_core.rollout.dask_pool import DaskEnvPool
     from tasks.cluster import dask_client
 
-    with dask_client(tiny_params.compute.model_copy(update={"n_workers": 1})) as client:
-        pool = DaskEnvPool(client, tiny_params.env, envs_per_worker=4, max_worker_failures=0)
+    compute = tiny_params.compute.model_copy(update={"n_workers": 1, "envs_per_worker": 4, "max_worker_failures": 0})
+    with dask_client(compute) as client:
+        pool = DaskEnvPool(client, tiny_params.env, compute)
         real_step = pool.step
 
         def kill_then_step(slots, chunks):

@@ -1,83 +1,185 @@
 """Env pool on Dask workers: one persistent actor per worker holds its envs between calls.
 
-A worker that dies takes its envs with it. Calls to its actor then fail at once
-("Unable to contact Actor's worker"); the pool answers `None` for those slots, starts a
-new actor on a live (or restarted) worker, and the rollout loop re-runs the affected
-episodes from their initial state. After `max_worker_failures` losses the pool gives up
-with an error rather than spinning.
+Every wait has a deadline. An actor call whose worker died ("Unable to contact Actor's
+worker"), that raised, or that outlived `compute.env_call_timeout_s` loses that worker's
+envs: the pool answers `None` for their slots, restarts a hung worker, starts a new actor on
+a worker that is alive now (never the lost one), and the rollout loop re-runs the affected
+episodes from their initial state. After `max_worker_failures` losses the pool gives up with
+an error that names the last cause, rather than spinning.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 from distributed import Client
 
-from svrl_core.config import EnvConfig
+from svrl_core.config import ComputeConfig, EnvConfig
 from svrl_core.envs import Obs, StepResult
 from svrl_core.rollout.pool import EnvGroup, EpisodeRequest
 
 logger = logging.getLogger("svrl")
-WORKER_WAIT_S = 60
+WORKER_WAIT_S = 60  # a lost worker's replacement (a restarted process, or another worker) must appear by then
+FRESH_WORKER_GRACE_S = 10  # wait this long for a worker without envs before doubling up on a busy one
+CLOSE_TIMEOUT_S = 60
+RESTART_TIMEOUT_S = 30
+
+
+class EnvWorkerLost(RuntimeError):
+    """An env actor could not be started, or one of its calls failed, raised or timed out."""
+
+
+class EnvStartTimeout(EnvWorkerLost):
+    """An env actor did not finish starting in time: its worker may be stuck."""
+
+
+@dataclass(frozen=True)
+class WorkerLoss:
+    """One lost env worker: why, and when (wall clock) the loss was seen and its replacement was ready."""
+
+    cause: str
+    detected_at: float
+    recovered_at: float
 
 
 class DaskEnvPool:
-    """Slots are spread over workers; each call fans out to the workers involved, in parallel."""
+    """Slots are spread over workers; each call fans out to the workers involved, in parallel.
 
-    def __init__(self, client: Client, env_cfg: EnvConfig, envs_per_worker: int, max_worker_failures: int = 3,
-                 pipeline_stages: int = 1):
+    `group_cls(env_cfg, envs_per_worker, *group_args)` builds one worker's envs (EnvGroup, or a
+    subclass such as the fault-injecting one in rollout/faults.py)."""
+
+    def __init__(self, client: Client, env_cfg: EnvConfig, compute: ComputeConfig,
+                 group_cls: type[EnvGroup] = EnvGroup, group_args: tuple = ()):
         workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
         if not workers:
             raise RuntimeError("DaskEnvPool: the Dask cluster has no workers")
-        self.client, self.env_cfg, self.envs_per_worker = client, env_cfg, envs_per_worker
-        self.max_worker_failures, self.worker_failures = max_worker_failures, 0
-        self.pipeline_stages = pipeline_stages
+        self.client, self.env_cfg, self.compute = client, env_cfg, compute
+        self.group_cls, self.group_args = group_cls, group_args
+        self.envs_per_worker, self.pipeline_stages = compute.envs_per_worker, compute.pipeline_stages
+        self.worker_failures, self.losses = 0, []  # list[WorkerLoss]
+        self._lost_addresses: set[str] = set()
         self._replacing = threading.Lock()  # pipeline stages may see the same worker die at once
-        self.actors = [self._start_actor(w) for w in workers]
-        self.capacity = envs_per_worker * len(self.actors)
+        starting = [(w, self._submit_actor(w)) for w in workers]  # every worker builds its envs at once
+        try:
+            self.actors = [self._await_actor(future, w) for w, future in starting]
+        except EnvWorkerLost as err:
+            raise RuntimeError(f"DaskEnvPool: {err}") from None
+        self.capacity = self.envs_per_worker * len(self.actors)
+        self.generations = [0] * len(self.actors)  # bumped when an actor is replaced
+        self._reset_generation: dict[int, int] = {}  # slot -> its actor's generation at the slot's last reset
 
-    def _start_actor(self, worker: str):
-        return self.client.submit(EnvGroup, self.env_cfg, self.envs_per_worker, actor=True, workers=[worker],
-                                  pure=False).result()
+    # --- actors ----------------------------------------------------------------------
+    def _submit_actor(self, worker: str):
+        # allow_other_workers: if `worker` dies before the actor starts, the scheduler places it elsewhere
+        return self.client.submit(self.group_cls, self.env_cfg, self.envs_per_worker, *self.group_args,
+                                  actor=True, workers=[worker], allow_other_workers=True, pure=False)
 
-    def _replace(self, index: int, lost) -> None:
+    def _await_actor(self, future, worker: str):
+        timeout = self.compute.actor_start_timeout_s
+        try:
+            return future.result(timeout=timeout)
+        except TimeoutError:
+            future.cancel()
+            raise EnvStartTimeout(f"envs on {worker} did not start within compute.actor_start_timeout_s="
+                                f"{timeout:g}s") from None
+        except Exception as err:  # the worker died, or building the envs raised
+            raise EnvWorkerLost(f"starting envs on {worker} failed: {_describe(err)}") from None
+
+    def _replace(self, index: int, lost, cause: str, kind: str) -> None:
+        """Replace actor `index` after a loss of `kind`: "hung" (restart the worker, avoid it), "dead"
+        (avoid its address) or "raised" (the worker is healthy: it may host the replacement)."""
         with self._replacing:
             if self.actors[index] is lost:  # another stage may have replaced it already
-                self._replace_locked(index)
+                self._replace_locked(index, lost._address, cause, kind)
 
-    def _replace_locked(self, index: int) -> None:
-        self.worker_failures += 1
-        if self.worker_failures > self.max_worker_failures:
-            raise RuntimeError(f"DaskEnvPool: lost env workers {self.worker_failures} times "
-                               f"(limit {self.max_worker_failures}); giving up on this rollout")
-        logger.warning("env worker %d lost; restarting its envs and re-running their episodes", index)
+    def _replace_locked(self, index: int, address: str, cause: str, kind: str) -> None:
+        detected_at = time.time()
+        while True:
+            self.worker_failures += 1
+            logger.warning("env worker %s lost (%s); restarting its envs and re-running their episodes",
+                           address, cause)
+            if kind == "hung":  # its actor thread is stuck: only a new process frees it (also when giving up)
+                self._restart_worker(address)
+            if self.worker_failures > self.compute.max_worker_failures:
+                raise RuntimeError(f"DaskEnvPool: lost env workers {self.worker_failures} times (limit "
+                                   f"compute.max_worker_failures={self.compute.max_worker_failures}); giving up on "
+                                   f"this rollout. Last cause: {cause}")
+            if kind != "raised":
+                self._lost_addresses.add(address)
+            worker = self._live_worker(exclude=index)
+            try:
+                self.actors[index] = self._await_actor(self._submit_actor(worker), worker)
+            except EnvWorkerLost as err:  # e.g. killed while starting: count it and try again
+                address, cause, kind = worker, str(err), "hung" if isinstance(err, EnvStartTimeout) else "raised"
+                continue
+            self.generations[index] += 1  # after the new actor: a reader never pairs the new number with the old actor
+            self.losses.append(WorkerLoss(cause, detected_at, time.time()))
+            return
+
+    def _restart_worker(self, address: str) -> None:
         try:
-            self.client.wait_for_workers(1, timeout=WORKER_WAIT_S)
-        except TimeoutError:
-            raise RuntimeError(f"DaskEnvPool: no Dask worker came back within {WORKER_WAIT_S}s") from None
-        workers = sorted(self.client.scheduler_info(n_workers=-1)["workers"])
-        self.actors[index] = self._start_actor(workers[index % len(workers)])
+            self.client.restart_workers([address], timeout=RESTART_TIMEOUT_S, raise_for_error=False)
+        except Exception as err:  # no nanny, or the worker is already gone: it is avoided either way
+            logger.warning("could not restart env worker %s (%s); avoiding it", address, _describe(err))
 
+    def _live_worker(self, exclude: int) -> str:
+        """A worker alive now and never lost, preferring one that holds no other actor's envs."""
+        busy = Counter(actor._address for i, actor in enumerate(self.actors) if i != exclude)
+        began = time.monotonic()
+        while True:
+            live = sorted(w for w in self.client.scheduler_info(n_workers=-1)["workers"]
+                          if w not in self._lost_addresses)
+            waited = time.monotonic() - began
+            if live and (min(busy[w] for w in live) == 0 or waited > FRESH_WORKER_GRACE_S):
+                return min(live, key=lambda w: busy[w])
+            if waited > WORKER_WAIT_S:
+                raise RuntimeError(f"DaskEnvPool: no live Dask worker within {WORKER_WAIT_S}s "
+                                   f"(lost: {sorted(self._lost_addresses)})")
+            time.sleep(0.2)
+
+    # --- calls -----------------------------------------------------------------------
     def _fan_out(self, method: str, slots: list[int], payload: list) -> list:
-        """Call `method` on each involved actor at once; None for the slots of a lost worker."""
+        """Call `method` on each involved actor at once; None for the slots of a lost worker.
+
+        A slot whose actor was replaced since the slot's last reset answers None to `step` without a
+        call: its env was rebuilt, so its episode is lost even if this stage's own calls never failed."""
+        results: list = [None] * len(slots)
         by_actor: dict[int, list[int]] = {}
         for position, slot in enumerate(slots):
-            by_actor.setdefault(slot // self.envs_per_worker, []).append(position)
+            a = slot // self.envs_per_worker
+            if method == "reset" or self._reset_generation.get(slot) == self.generations[a]:
+                by_actor.setdefault(a, []).append(position)
+        generations = {a: self.generations[a] for a in by_actor}  # read before the actor (see _replace_locked)
         actors = {a: self.actors[a] for a in by_actor}
-        calls = {a: getattr(actors[a], method)([slots[p] % self.envs_per_worker for p in positions],
-                                               [payload[p] for p in positions])
+        calls = {a: _start_call(actors[a], method, [slots[p] % self.envs_per_worker for p in positions],
+                                [payload[p] for p in positions])
                  for a, positions in by_actor.items()}
-        results: list = [None] * len(slots)
+        deadline = time.monotonic() + self.compute.env_call_timeout_s
+        failed: dict[int, tuple[str, str]] = {}  # actor -> (cause, kind); replaced once every call has answered
         for a, positions in by_actor.items():
             try:
-                values = calls[a].result()
-            except OSError:
-                self._replace(a, actors[a])
+                values = _result(calls[a], deadline)
+            except TimeoutError:
+                failed[a] = (f"{method} did not answer within compute.env_call_timeout_s="
+                             f"{self.compute.env_call_timeout_s:g}s", "hung")
+                continue
+            except OSError as err:  # "Unable to contact Actor's worker": the process died
+                failed[a] = (f"{method} failed: {_describe(err)}", "dead")
+                continue
+            except Exception as err:  # the env raised: its state is unknown, so its envs are rebuilt
+                failed[a] = (f"{method} raised {_describe(err)}", "raised")
                 continue
             for position, value in zip(positions, values):
                 results[position] = value
+                if method == "reset":
+                    self._reset_generation[slots[position]] = generations[a]
+        for a, (cause, kind) in failed.items():
+            self._replace(a, actors[a], cause, kind)
         return results
 
     def reset(self, slots: list[int], requests: list[EpisodeRequest]) -> list[Obs | None]:
@@ -87,8 +189,29 @@ class DaskEnvPool:
         return self._fan_out("step", slots, list(chunks))
 
     def close(self) -> None:
-        for actor in self.actors:
+        """Close every actor's envs, waiting at most CLOSE_TIMEOUT_S in all."""
+        deadline = time.monotonic() + CLOSE_TIMEOUT_S
+        closing = [_start_call(actor, "close") for actor in self.actors]
+        for actor, call in zip(self.actors, closing):
             try:
-                actor.close().result()
-            except OSError:
-                pass
+                _result(call, deadline)
+            except Exception as err:  # a dead or stuck worker: its envs go with the process
+                logger.warning("closing the envs on %s: %s", actor._address, _describe(err))
+
+
+def _start_call(actor, method: str, *args):
+    """The call's future, or, when the actor's worker is already known lost, that error as an OSError."""
+    try:
+        return getattr(actor, method)(*args)
+    except RuntimeError as err:  # "Worker holding Actor was lost": raised before any call is made
+        return OSError(str(err))
+
+
+def _result(call, deadline: float):
+    if isinstance(call, Exception):
+        raise call
+    return call.result(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _describe(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
