@@ -71,13 +71,13 @@ def test_dask_pool_matches_the_local_pool(tiny_policy, tiny_params):
         assert np.array_equal(a.final_obs.images["main"], b.final_obs.images["main"])
 
 
-FAULT_SCENARIOS = {  # name: (faults in order, pipeline stages)
-    "killed mid-step": ((Fault("step", "kill", 2),), 1),
-    "killed during reset": ((Fault("reset", "kill", 2),), 1),
-    "killed while its replacement starts": ((Fault("step", "kill", 2), Fault("init", "kill")), 1),
-    "a step that hangs": ((Fault("step", "hang", 2),), 1),
-    "an env that raises": ((Fault("step", "raise", 3),), 1),
-    "two stages see the same death": ((Fault("step", "kill", 3),), 2),
+FAULT_SCENARIOS = {  # name: (faults in order, pipeline stages, kill the worker picked for the replacement)
+    "killed mid-step": ((Fault("step", "kill", 2),), 1, False),
+    "killed during reset": ((Fault("reset", "kill", 2),), 1, False),
+    "killed while its replacement starts": ((Fault("step", "kill", 2),), 1, True),
+    "a step that hangs": ((Fault("step", "hang", 2),), 1, False),
+    "an env that raises": ((Fault("step", "raise", 3),), 1, False),
+    "two stages see the same death": ((Fault("step", "kill", 3),), 2, False),
 }
 
 
@@ -95,22 +95,25 @@ def test_env_worker_faults_cost_time_not_episodes(tiny_policy, tiny_params, two_
     """Each fault loses a worker's envs: its episodes re-run; counts and rewards equal a clean run."""
     from svrl_core.rollout import RolloutStats
     from svrl_core.rollout.dask_pool import DaskEnvPool
-    from svrl_core.rollout.faults import FaultyEnvGroup, fired_faults
+    from svrl_core.rollout.faults import FaultyEnvGroup, fired_faults, kill_replacement_workers
 
-    faults, stages = FAULT_SCENARIOS[scenario]
+    faults, stages, kill_replacement = FAULT_SCENARIOS[scenario]
     reqs = requests(tiny_params, n_per_task=8)  # 16 episodes on 8 envs: two waves of resets
     clean = run_episodes(tiny_policy, LocalEnvPool(tiny_params.env, 16), reqs, None)
     hangs = any(fault.action == "hang" for fault in faults)  # a short deadline only where it must expire
     compute = tiny_params.compute.model_copy(update={"envs_per_worker": 4, "pipeline_stages": stages,
                                                      "env_call_timeout_s": 5 if hangs else 60})
     pool = DaskEnvPool(two_worker_client, tiny_params.env, compute, FaultyEnvGroup, (faults, str(tmp_path)))
+    if kill_replacement:
+        kill_replacement_workers(pool)
     stats = RolloutStats()
     try:
         rerun = run_episodes(tiny_policy, pool, reqs, None, stats=stats)
     finally:
         pool.close()
     assert fired_faults(tmp_path) == len(faults)
-    assert 1 <= pool.worker_failures <= len(faults) and len(pool.losses) == 1 and stats.restarted_episodes >= 1
+    assert 1 <= pool.worker_failures <= 1 + kill_replacement and len(pool.losses) == 1
+    assert stats.restarted_episodes >= 1
     assert [t.request for t in rerun] == reqs
     for a, b in zip(clean, rerun):
         assert (a.success, a.steps, len(a.bins)) == (b.success, b.steps, len(b.bins))

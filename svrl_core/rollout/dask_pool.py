@@ -95,7 +95,15 @@ class DaskEnvPool:
         (avoid its address) or "raised" (the worker is healthy: it may host the replacement)."""
         with self._replacing:
             if self.actors[index] is lost:  # another stage may have replaced it already
+                self._release(lost)
                 self._replace_locked(index, lost._address, cause, kind)
+
+    def _release(self, actor) -> None:
+        """Forget a lost actor: while its future is held, the scheduler rebuilds its envs elsewhere."""
+        try:
+            self.client.cancel([actor._future])
+        except Exception as err:  # the scheduler may already have dropped it
+            logger.debug("releasing a lost env actor: %s", _describe(err))
 
     def _replace_locked(self, index: int, address: str, cause: str, kind: str) -> None:
         detected_at = time.time()

@@ -2,7 +2,8 @@
 
 Used by the tests and by `python -m bench.faults`. Faults fire in order, each exactly once
 across every worker process (a marker file per fault, created atomically), so a replacement
-actor does not repeat the fault that killed its predecessor.
+actor does not repeat the fault that killed its predecessor. `kill_replacement_workers`
+kills the worker that a pool picks for a replacement, right after the pool submits it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 
 from svrl_core.config import EnvConfig
 from svrl_core.envs import Obs, StepResult
+from svrl_core.rollout.dask_pool import DaskEnvPool
 from svrl_core.rollout.pool import EnvGroup, EpisodeRequest
 
 
@@ -26,7 +28,7 @@ from svrl_core.rollout.pool import EnvGroup, EpisodeRequest
 class Fault:
     """At the `nth` `event` call of an actor (counted per process), `action` happens."""
 
-    event: Literal["init", "reset", "step"]
+    event: Literal["reset", "step"]
     action: Literal["kill", "hang", "raise"]
     nth: int = 1
 
@@ -35,9 +37,8 @@ class FaultyEnvGroup(EnvGroup):
     """An EnvGroup that injects `faults`; `marker_dir` (shared by all workers) records which fired."""
 
     def __init__(self, env_cfg: EnvConfig, n_envs: int, faults: tuple[Fault, ...], marker_dir: str):
-        self.faults, self.marker_dir, self.calls = faults, Path(marker_dir), Counter()
-        self._maybe_fault("init")
         super().__init__(env_cfg, n_envs)
+        self.faults, self.marker_dir, self.calls = faults, Path(marker_dir), Counter()
 
     def reset(self, ids: list[int], requests: list[EpisodeRequest]) -> list[Obs]:
         self._maybe_fault("reset")
@@ -75,3 +76,19 @@ def fault_times(marker_dir: str | Path) -> list[float]:
     """Wall-clock time at which each fired fault happened, in order."""
     markers = sorted(Path(marker_dir).glob("fault-*"), key=lambda p: int(p.name.removeprefix("fault-")))
     return [p.stat().st_mtime for p in markers]
+
+
+def kill_replacement_workers(pool: DaskEnvPool, times: int = 1) -> None:
+    """SIGKILL the worker picked for each of the next `times` replacements as its envs start building
+    (workers on this host only)."""
+    submit, remaining = pool._submit_actor, [times]
+
+    def submit_then_kill(worker: str):
+        future = submit(worker)
+        if remaining[0] > 0:
+            remaining[0] -= 1
+            pid = pool.client.run(os.getpid, workers=[worker])[worker]
+            os.kill(pid, signal.SIGKILL)
+        return future
+
+    pool._submit_actor = submit_then_kill
