@@ -9,6 +9,7 @@ import sys
 import urllib.request
 from typing import Callable
 
+import httpx
 import torch
 
 from svrl_core.config import ConfigError, load_params
@@ -16,8 +17,22 @@ from svrl_core.data import DatasetError
 from svrl_core.policies import CheckpointError
 from svrl_core.training.engine import launcher_rank
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError)
+class PipelineError(RuntimeError):
+    """A DVC or Prefect step of the pipeline failed; the message says what to do."""
+
+
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError, PipelineError)
 API_CHECK_TIMEOUT_S = 10
+
+
+class UserErrorsWithoutTraceback(logging.Filter):
+    """Prefect logs a failed task or flow run with its traceback; for a user error the message is the
+    whole story, and the stage ends with it as one `error:` line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 def check_prefect_api() -> None:
@@ -41,6 +56,8 @@ def run_stage(flow: Callable[..., object], replica: Callable[..., None] | None =
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     logging.getLogger("svrl").setLevel(logging.INFO)  # progress lines, also captured by Prefect
+    for name in ("prefect.task_runs", "prefect.flow_runs"):
+        logging.getLogger(name).addFilter(UserErrorsWithoutTraceback())
     rank = launcher_rank()
     if rank > 0 and replica is None:
         sys.exit(f"error: the {flow.name} stage runs in one process; only sft runs under a multi-rank launcher")
@@ -52,6 +69,10 @@ def run_stage(flow: Callable[..., object], replica: Callable[..., None] | None =
         (flow if rank == 0 else replica)(params_path=args.params)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except httpx.HTTPError as err:  # the Prefect API went away or refused a call mid-run
+        print(f"error: the Prefect API failed ({type(err).__name__}: {err}); check the server "
+              f"(`make ui`, or unset PREFECT_API_URL for a temporary one), then rerun the stage", file=sys.stderr)
         sys.exit(2)
 
 

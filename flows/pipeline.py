@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from contextlib import contextmanager
+from typing import Iterator
 
 from prefect import flow, get_run_logger
 
-from flows.cli import run_stage
+from flows.cli import PipelineError, run_stage
 from flows.evaluate import eval_rl_flow, eval_sft_flow
 from flows.export import export_flow
 from flows.ingest import ingest_flow
@@ -23,6 +25,18 @@ from svrl_core.config import ConfigError
 
 STAGE_FLOWS = {"ingest": ingest_flow, "sft": sft_flow, "eval_sft": eval_sft_flow, "rl": rl_flow,
                "eval_rl": eval_rl_flow, "export": export_flow, "report": report_flow}
+
+
+@contextmanager
+def dvc_step(what: str) -> Iterator[None]:
+    """Turn a DVC failure into one line that says what failed and what to do."""
+    from dvc.exceptions import DvcException
+
+    try:
+        yield
+    except DvcException as err:
+        raise PipelineError(f"dvc could not {what}: {err}. Fix that (params.yaml must hold every key that "
+                            f"dvc.yaml lists), then rerun `make run`: finished stages are not run again") from None
 
 
 def is_stale(repo, stage: str) -> bool:
@@ -40,18 +54,24 @@ def pipeline_flow(params_path: str = "params.yaml") -> list[str]:
     logger = get_run_logger()
     os.environ.setdefault("SVRL_RUN_GROUP", f"pipeline-{uuid.uuid4().hex[:8]}")
     ran = []
-    with Repo(".") as repo:
-        order = [stage.name for stage in repo.index.stages if stage.name in STAGE_FLOWS]
+    with dvc_step("open the DVC repository here (run from the repository root)"):
+        repo = Repo(".")
+    with repo:
+        with dvc_step("read dvc.yaml"):
+            order = [stage.name for stage in repo.index.stages if stage.name in STAGE_FLOWS]
         for name in STAGE_FLOWS:
             if name not in order:
-                raise RuntimeError(f"dvc.yaml has no stage {name!r}")
+                raise PipelineError(f"dvc.yaml has no stage {name!r}; restore it with `git checkout dvc.yaml`")
         for name in STAGE_FLOWS:
-            if not is_stale(repo, name):
+            with dvc_step(f"check whether stage {name} is up to date"):
+                stale = is_stale(repo, name)
+            if not stale:
                 logger.info("stage %s is up to date", name)
                 continue
             logger.info("stage %s: running", name)
             STAGE_FLOWS[name](params_path=params_path)
-            repo.commit(name, force=True)
+            with dvc_step(f"record stage {name}'s outputs in dvc.lock (`dvc commit {name}`)"):
+                repo.commit(name, force=True)
             ran.append(name)
     logger.info("ran %s", ran or "nothing: every stage was up to date")
     return ran

@@ -1,4 +1,8 @@
+import re
+from pathlib import Path
+
 import pytest
+import yaml
 
 from svrl_core.config import ConfigError, Params, load_params, parse_params
 
@@ -18,6 +22,25 @@ def test_default_params_are_the_libero_object_config():
     demo_states = set(range(params.ingest.seed_start, params.ingest.seed_start + params.ingest.episodes_per_task))
     eval_states = set(range(params.eval.seed_start, params.eval.seed_start + params.eval.episodes_per_task))
     assert not demo_states & eval_states and max(demo_states | eval_states) < 50
+
+
+@pytest.mark.parametrize("config", ["params.yaml", *sorted(str(p) for p in Path("configs").glob("*.yaml"))])
+def test_every_param_that_dvc_tracks_is_in_each_config(config):
+    """`dvc repro` / `dvc commit` fail on a params key that the file lacks, even one whose default is null."""
+    raw = yaml.safe_load(Path(config).read_text())
+    stages = yaml.safe_load(Path("dvc.yaml").read_text())["stages"]
+    keys = {key for stage in stages.values() for key in stage.get("params", [])}
+    keys |= set(re.findall(r"\$\{([\w.]+)\}", Path("dvc.yaml").read_text()))  # ${paths.demos} in deps and outs
+    assert keys, "dvc.yaml lists no params"
+    missing = []
+    for key in sorted(keys):
+        node = raw
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                missing.append(key)
+                break
+            node = node[part]
+    assert not missing, f"{config} lacks {missing}, which dvc.yaml lists"
 
 
 def test_unknown_key_is_named(tmp_path):

@@ -65,6 +65,37 @@ def test_corrupt_dataset_is_explained(tmp_path, tiny_dataset_dir):
         load_dataset(broken)
 
 
+@pytest.mark.parametrize("damage", ["truncated parquet", "corrupt frame", "corrupt stats", "corrupt tasks table"])
+def test_damaged_dataset_names_the_file_and_the_fix(tmp_path, tiny_dataset_dir, damage):
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dataset_dir, broken)
+    data = broken / "data/chunk-000/file-000.parquet"
+    if damage == "truncated parquet":
+        data.write_bytes(data.read_bytes()[:1000])
+        expected = f"{data}: unreadable parquet"
+    elif damage == "corrupt frame":
+        table = pq.read_table(data)
+        column = table.column("observation.images.main").to_pylist()
+        column[3] = {"bytes": column[3]["bytes"][:40], "path": None}  # a PNG cut short
+        index = table.schema.get_field_index("observation.images.main")
+        pq.write_table(table.set_column(index, table.schema.field(index), pa.array(column)), data)
+        expected = "frame 3 of observation.images.main is not a readable image"
+    elif damage == "corrupt stats":
+        (broken / "meta/stats.json").write_text('{"action": {')
+        expected = "stats.json: unreadable"
+    else:
+        (broken / "meta/tasks.parquet").write_bytes(b"PAR1 cut")
+        expected = "tasks.parquet: unreadable parquet"
+    with pytest.raises(DatasetError) as err:
+        load_dataset(broken)
+    assert expected in str(err.value) and "dvc repro ingest" in str(err.value) and "dvc checkout" in str(err.value)
+
+
 def test_failed_write_leaves_previous_dataset_intact(tmp_path, tiny_dataset_dir):
     import shutil
 

@@ -127,6 +127,22 @@ def test_missing_dataset_stops_sft_and_writes_nothing(project, tmp_path):
     assert not (tmp_path / "sft_out").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
+def test_truncated_checkpoint_stops_evaluation_with_one_clear_line(project, tmp_path):
+    damaged = tmp_path / "sft"
+    shutil.copytree(project / "models/sft", damaged)
+    (damaged / "model.safetensors").write_bytes((damaged / "model.safetensors").read_bytes()[:1000])
+    params = tiny_params_yaml()
+    params["paths"].update(sft_model=str(damaged), metrics=str(tmp_path / "metrics"), videos=str(tmp_path / "videos"))
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(params))
+    result = run([sys.executable, "-m", "flows.eval_sft", "--params", str(path)], project, check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith(f"error: {damaged}/model.safetensors: unreadable or truncated")
+    assert f"dvc checkout {damaged}" in last_line
+    assert "Traceback" not in result.stderr and not (tmp_path / "metrics").exists()
+
+
 def rl_params_file(project: Path, out: Path) -> Path:
     params = tiny_params_yaml()
     params["paths"].update(sft_model=str(project / "models/sft"), rl_model=str(out / "rl"),

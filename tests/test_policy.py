@@ -83,6 +83,28 @@ def test_missing_or_corrupt_checkpoint(tiny_policy, tmp_path):
         VLAPolicy.load(tmp_path / "ckpt")
 
 
+@pytest.mark.parametrize("damage", ["truncated weights", "corrupt tokenizer", "corrupt norm stats",
+                                    "norm stats without a key"])
+def test_damaged_checkpoint_names_the_file_and_the_fix(tiny_policy, tmp_path, damage):
+    ckpt = tmp_path / "ckpt"
+    tiny_policy.save(ckpt)
+    if damage == "truncated weights":
+        (ckpt / "model.safetensors").write_bytes((ckpt / "model.safetensors").read_bytes()[:1000])
+        expected = "model.safetensors: unreadable or truncated"
+    elif damage == "corrupt tokenizer":
+        (ckpt / "tokenizer.json").write_text('{"action": ')
+        expected = "tokenizer.json: corrupt JSON"
+    elif damage == "corrupt norm stats":
+        (ckpt / "norm_stats.json").write_bytes(b"\xff\xfe garbage")
+        expected = "norm_stats.json: corrupt JSON"
+    else:
+        (ckpt / "norm_stats.json").write_text(json.dumps({"state_mean": [0.0]}))
+        expected = "norm_stats.json lacks or garbles 'state_std'"
+    with pytest.raises(CheckpointError) as err:
+        VLAPolicy.load(ckpt)
+    assert expected in str(err.value) and f"dvc checkout {ckpt}" in str(err.value)
+
+
 def test_transformer_trunk_attends_to_the_instruction_per_row(tiny_params, tiny_dataset):
     from svrl_core.policies import new_policy
 

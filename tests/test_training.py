@@ -9,6 +9,7 @@ import torch
 
 from svrl_core.algos.grpo_trainer import PromptSampler, collect_mixed_groups, grpo_update, train_grpo
 from svrl_core.algos.sft import sft_loss, train_sft
+from svrl_core.data import iterate_chunk_batches
 from svrl_core.policies import new_policy
 from svrl_core.rollout import LocalEnvPool, RolloutStats
 from svrl_core.training import DeepSpeedTrainer
@@ -24,11 +25,36 @@ def test_sft_loss_ignores_padded_tokens():
     assert loss.item() < 1e-3 and metrics["token_accuracy"] == 1.0
 
 
-def test_sft_overfits_one_batch_through_deepspeed(tiny_params, tiny_dataset):
+# Bounds below were measured over policy seeds 0-4 x torch threads 1 and 2 (10 runs each, one x86 machine),
+# then given a wide margin: floating-point paths differ across CPUs (an AMD EPYC ended a 100-step run at a
+# loss ratio of 0.33 where this machine got 0.23).
+
+
+def test_sft_loss_falls_at_every_step_on_one_batch_through_deepspeed(tiny_params, tiny_dataset):
+    """The property, not one trajectory's value: on a fixed batch with a small lr, every step lowers the loss.
+    Measured: every one of 60 steps lowered it by at least 0.004 (of ~3.5) in all 10 runs; final/first 0.37-0.43."""
+    policy = new_policy(tiny_params.policy, tiny_dataset, seed=0)
+    batch = next(iterate_chunk_batches(tiny_dataset, tiny_dataset.tasks, 4, 32, np.random.default_rng(0)))
+    inputs = policy.prepare_arrays(batch.images[policy.cfg.camera], batch.states, batch.instructions)
+    targets = torch.from_numpy(policy.actions.encode(batch.actions)).flatten(1)  # (B, K * D)
+    mask = torch.from_numpy(np.repeat(batch.action_mask, policy.cfg.action_dim, axis=1))  # (B, K * D)
+    trainer = DeepSpeedTrainer(policy.model, lr=3e-3, weight_decay=0.0, grad_clip=1.0, batch_size=32)
+    policy.model.train()
+    losses = []
+    for _ in range(60):
+        loss, _ = sft_loss(trainer.forward(inputs), targets, mask)
+        trainer.backward_step(loss)
+        losses.append(loss.item())
+    assert all(later < earlier for earlier, later in zip(losses, losses[1:])), losses
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_train_sft_lowers_the_loss_on_shuffled_batches(tiny_params, tiny_dataset):
+    """The real entry point, 100 steps at lr 1e-2. Measured final/first logged loss: 0.23-0.37; bound 0.6."""
     policy = new_policy(tiny_params.policy, tiny_dataset, seed=0)
     cfg = tiny_params.sft.model_copy(update={"steps": 100, "batch_size": 64, "lr": 1e-2, "log_every": 10})
     history = train_sft(policy, tiny_dataset, tiny_dataset.tasks, cfg)
-    assert history[-1]["loss"] < 0.25 * history[0]["loss"]  # one batch: every frame
+    assert history[-1]["loss"] < 0.6 * history[0]["loss"]
     assert all(np.isfinite(row["grad_norm"]) for row in history)
 
 
@@ -180,7 +206,8 @@ def test_sft_with_the_multi_gpu_configs(tiny_params, tiny_dataset, tmp_path, con
     policy = new_policy(tiny_params.policy, tiny_dataset, seed=0)
     cfg = tiny_params.sft.model_copy(update={"steps": 40, "batch_size": 64, "lr": 1e-2, "log_every": 10})
     history = train_sft(policy, tiny_dataset, tiny_dataset.tasks, cfg, overrides)
-    assert history[-1]["loss"] < 0.5 * history[0]["loss"] and history[-1]["grad_norm"] > 0
+    # measured final/first over seeds 0-4 x 1-2 threads: 0.42-0.50 (bf16): a bound of 0.75 leaves a wide margin
+    assert history[-1]["loss"] < 0.75 * history[0]["loss"] and history[-1]["grad_norm"] > 0
     trained = policy.model.state_dict()
     assert all(torch.equal(v.float(), v.bfloat16().float()) for v in trained.values())  # bf16 weights
     policy.save(tmp_path / "ckpt")
@@ -232,3 +259,19 @@ def test_optimizer_state_round_trips_for_resuming(overrides):
     _train_linear(resumed, trainer, 2, seed=1)
     for a, b in zip(straight.parameters(), resumed.parameters()):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.parametrize("damaged", ["state.json", "optimizer.pt", "policy/model.safetensors"])
+def test_damaged_rl_state_stops_with_the_file_and_the_fix(tiny_policy, tmp_path, damaged):
+    from svrl_core.policies import CheckpointError
+    from svrl_core.training.checkpoint import load_training_state, save_training_state
+
+    state = tmp_path / "rl_state"
+    save_training_state(state, "run-a", tiny_policy, {"moments": torch.zeros(3)}, {"iteration": 3})
+    assert load_training_state(state, "run-a").progress["iteration"] == 3
+    assert load_training_state(state, "run-b") is None  # another run's state is ignored, not an error
+    target = state / damaged
+    target.write_bytes(target.read_bytes()[:20])
+    with pytest.raises(CheckpointError) as err:
+        load_training_state(state, "run-a")
+    assert target.name in str(err.value) and f"delete {state} to start this RL run afresh" in str(err.value)

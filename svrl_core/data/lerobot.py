@@ -24,6 +24,7 @@ from svrl_core.io import atomic_directory, is_remote, local_directory, write_jso
 
 CODEBASE_VERSION = "v3.0"
 DATA_FILE = "data/chunk-000/file-000.parquet"
+REGENERATE = "restore it with `dvc checkout` or regenerate the dataset with `dvc repro ingest`"
 EPISODES_FILE = "meta/episodes/chunk-000/file-000.parquet"
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
@@ -133,7 +134,22 @@ def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as err:
-        raise DatasetError(f"{path}: unreadable ({err}); regenerate the dataset with `dvc repro ingest`") from None
+        raise DatasetError(f"{path}: unreadable ({err}); {REGENERATE}") from None
+
+
+def _read_parquet(path: Path) -> dict:
+    try:
+        return pq.read_table(path).to_pydict()
+    except (OSError, pa.ArrowInvalid) as err:
+        raise DatasetError(f"{path}: unreadable parquet ({err}); {REGENERATE}") from None
+
+
+def _decode_frame(cell: dict, root: Path, camera: str, index: int) -> np.ndarray:
+    try:
+        return np.asarray(Image.open(io.BytesIO(cell["bytes"])).convert("RGB"))
+    except (OSError, ValueError, TypeError) as err:
+        raise DatasetError(f"{root / DATA_FILE}: frame {index} of {image_key(camera)} is not a readable image "
+                           f"({err}); {REGENERATE}") from None
 
 
 def load_dataset(root: str | Path) -> DemoDataset:
@@ -150,21 +166,14 @@ def load_dataset(root: str | Path) -> DemoDataset:
     stats = _read_json(root / "meta/stats.json")
     if info.get("codebase_version") != CODEBASE_VERSION:
         raise DatasetError(f"{root}: codebase_version {info.get('codebase_version')!r}, expected {CODEBASE_VERSION!r}")
-    try:
-        frames = pq.read_table(root / DATA_FILE).to_pydict()
-        tasks = pq.read_table(root / "meta/tasks.parquet").to_pydict()
-    except (OSError, pa.ArrowInvalid) as err:
-        raise DatasetError(f"{root}: parquet files unreadable ({err}); regenerate with `dvc repro ingest`") from None
+    frames, tasks = _read_parquet(root / DATA_FILE), _read_parquet(root / "meta/tasks.parquet")
     cameras = [k.removeprefix("observation.images.") for k, f in info["features"].items() if f["dtype"] == "image"]
     missing = [k for k in info["features"] if k not in frames]
     if missing or len(frames.get(ACTION_KEY, [])) != info["total_frames"]:
         raise DatasetError(f"{root}: data does not match meta/info.json (missing columns {missing} or frame count)")
     order = np.argsort(tasks["task_index"])
-    try:
-        images = {cam: np.stack([np.asarray(Image.open(io.BytesIO(cell["bytes"])).convert("RGB"))
-                                 for cell in frames[image_key(cam)]]) for cam in cameras}
-    except (OSError, ValueError) as err:
-        raise DatasetError(f"{root}: an image could not be decoded ({err})") from None
+    images = {cam: np.stack([_decode_frame(cell, root, cam, i) for i, cell in enumerate(frames[image_key(cam)])])
+              for cam in cameras}
     return DemoDataset(
         images=images,
         states=np.asarray(frames[STATE_KEY], dtype=np.float32),

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 
@@ -131,23 +132,39 @@ class VLAPolicy:
         missing = [name for name, path in files.items() if not path.is_file()]
         if missing:
             raise CheckpointError(f"{name}: not a policy checkpoint, missing {missing}")
-        try:
-            raw_cfg = json.loads(files["config.json"].read_text())
-            tokenizer = json.loads(files["tokenizer.json"].read_text())
-            norm = json.loads(files["norm_stats.json"].read_text())
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{name}: corrupt json ({err})") from None
+        raw_cfg, tokenizer, norm = (_read_checkpoint_json(files[f], name)
+                                    for f in ("config.json", "tokenizer.json", "norm_stats.json"))
         if raw_cfg.get("architecture") != ARCHITECTURE:
             raise CheckpointError(f"{name}: architecture {raw_cfg.get('architecture')!r}, "
                                   f"this code loads {ARCHITECTURE!r}")
         try:
+            weights = load_file(files["model.safetensors"])
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{name}/model.safetensors: unreadable or truncated ({err}); "
+                                  f"{restore_hint(name)}") from None
+        try:
             model = TinyVLA(TinyVLAConfig(**raw_cfg))
-            model.load_state_dict(load_file(files["model.safetensors"]), strict=True)
-        except (TypeError, RuntimeError, OSError) as err:
+            model.load_state_dict(weights, strict=True)
+            return cls(model, ActionTokenizer.from_dict(tokenizer["action"]),
+                       np.asarray(norm["state_mean"], dtype=np.float32),
+                       np.asarray(norm["state_std"], dtype=np.float32), norm["dataset"])
+        except (TypeError, RuntimeError) as err:
             raise CheckpointError(f"{name}: weights do not match config.json ({err})") from None
-        return cls(model, ActionTokenizer.from_dict(tokenizer["action"]),
-                   np.asarray(norm["state_mean"], dtype=np.float32), np.asarray(norm["state_std"], dtype=np.float32),
-                   norm["dataset"])
+        except (KeyError, ValueError) as err:
+            raise CheckpointError(f"{name}: tokenizer.json or norm_stats.json lacks or garbles {err}; "
+                                  f"{restore_hint(name)}") from None
+
+
+def restore_hint(path: str | Path) -> str:
+    """What a user does about a damaged stage output."""
+    return f"restore it with `dvc checkout {path}` or rerun the stage that writes it (`dvc repro`)"
+
+
+def _read_checkpoint_json(path: Path, name: str | Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{name}/{path.name}: corrupt JSON ({err}); {restore_hint(name)}") from None
 
 
 def new_policy(cfg: PolicyConfig, data: DemoDataset, seed: int) -> VLAPolicy:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,17 +49,24 @@ def load_training_state(directory: str | Path, fingerprint: str) -> TrainingStat
 def _load_local(directory: Path, fingerprint: str, name: str | Path) -> TrainingState | None:
     if not (directory / "state.json").is_file():
         return None
+    fix = f"delete {name} to start this RL run afresh (its progress is lost)"
     try:
         progress = json.loads((directory / "state.json").read_text())
-        if progress.pop("fingerprint", None) != fingerprint:
-            logger.info("%s holds another run's state (different config or start); starting fresh", name)
-            return None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{name}/state.json: corrupt resumable state ({err}); {fix}") from None
+    if progress.pop("fingerprint", None) != fingerprint:
+        logger.info("%s holds another run's state (different config or start); starting fresh", name)
+        return None
+    try:
         with torch.serialization.safe_globals(zero_state_types()):
             optimizer_state = torch.load(directory / "optimizer.pt", weights_only=True)
-        return TrainingState(VLAPolicy.load(directory / "policy"), optimizer_state, progress)
-    except (OSError, json.JSONDecodeError, RuntimeError, CheckpointError) as err:
-        logger.warning("%s: unreadable training state (%s); starting fresh", name, err)
-        return None
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise CheckpointError(f"{name}/optimizer.pt: corrupt resumable state ({err}); {fix}") from None
+    try:
+        policy = VLAPolicy.load(directory / "policy")
+    except CheckpointError as err:
+        raise CheckpointError(f"{err} (in the resumable state: {fix})") from None
+    return TrainingState(policy, optimizer_state, progress)
 
 
 def zero_state_types() -> list[type]:
