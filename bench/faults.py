@@ -129,6 +129,8 @@ def main() -> None:
                     summarize(results, began)
                     os._exit(1)  # a clean exit would wait on the stuck cluster
             print(f"round {round_index + 1}/{args.rounds} done ({time.monotonic() - began:.0f}s)", flush=True)
+            if (round_index + 1) % 10 == 0 and round_index + 1 < args.rounds:
+                summarize(results, began)  # partial results survive an interrupted long run
     sys.exit(summarize(results, began))
 
 

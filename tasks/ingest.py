@@ -5,9 +5,10 @@ from __future__ import annotations
 from prefect import task
 
 from svrl_core.config import Params
-from svrl_core.data import write_dataset
+from svrl_core.data import DatasetError, write_dataset
 from svrl_core.data.libero_hdf5 import read_libero_hdf5
 from svrl_core.envs import make_env
+from svrl_core.envs.libero.suites import demo_file_task
 from svrl_core.experts import collect_demonstrations, recorder_for
 
 DEMO_FPS = {"toy": 10, "libero": 20, "robotwin": 25}  # LIBERO's and our RoboTwin arms' control frequencies
@@ -36,7 +37,11 @@ def import_official_demos(params: Params) -> tuple[list, dict]:
         raise ValueError(f"ingest.hdf5_files holds official LIBERO files; env.family is {params.env.family!r}")
     episodes, per_file = [], {}
     for path in params.ingest.hdf5_files:
-        imported = read_libero_hdf5(path, list(params.env.cameras), params.env.image_size)
+        try:  # one instruction per task: the benchmark's, which the env gives at evaluation
+            task = demo_file_task(params.env.suite, path)
+        except ValueError as err:
+            raise DatasetError(str(err)) from None
+        imported = read_libero_hdf5(path, list(params.env.cameras), params.env.image_size, task.instruction)
         episodes += imported
-        per_file[path] = {"imported_episodes": len(imported), "instruction": imported[0].task}
+        per_file[path] = {"imported_episodes": len(imported), "task": task.name, "instruction": task.instruction}
     return episodes, per_file

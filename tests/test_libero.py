@@ -135,14 +135,14 @@ def test_bad_input_names_valid_choices():
 
 
 # --- official HDF5 demonstrations --------------------------------------------------------
-def write_official_file(path, n_demos=2, steps=5, size=16):
+def write_official_file(path, n_demos=2, steps=5, size=16,
+                        language="pick up the alphabet soup and place it in the basket"):
     import h5py
 
     rng = np.random.default_rng(0)
     with h5py.File(path, "w") as f:
         data = f.create_group("data")
-        data.attrs["problem_info"] = json.dumps({"language_instruction": "pick up the alphabet soup and place it in "
-                                                                         "the basket", "problem_name": "libero"})
+        data.attrs["problem_info"] = json.dumps({"language_instruction": language, "problem_name": "libero"})
         data.attrs["macros_image_convention"] = "opengl"
         for n in range(n_demos):
             demo = data.create_group(f"demo_{n}")
@@ -172,6 +172,29 @@ def test_official_hdf5_import_round_trips(tmp_path):
     np.testing.assert_array_equal(data.images["agentview"][5:], episodes[1].images["agentview"])
     np.testing.assert_allclose(data.actions[5:], episodes[1].actions)
     assert read_libero_hdf5(path, ["agentview"], image_size=8)[0].images["agentview"].shape == (5, 8, 8, 3)
+
+
+def test_imported_demos_carry_the_instruction_the_env_gives(tmp_path):
+    """The BDDL wording in the file ("pick the ...") differs from the benchmark's ("pick up the ..."):
+    imports take the benchmark's, so a policy trained on them sees the same string at evaluation."""
+    from tasks.ingest import import_official_demos
+
+    path = write_official_file(tmp_path / f"{SOUP}_demo.hdf5", language="pick the alphabet soup and place it "
+                                                                        "in the basket")
+    params = parse_params({"env": {"family": "libero", "suite": "libero_object", "tasks": [SOUP], "image_size": 16,
+                                   "max_steps": "oft"}, "ingest": {"hdf5_files": [str(path)]}})
+    episodes, per_file = import_official_demos(params)
+    env = LiberoEnv(libero_cfg(image_size=16))
+    try:
+        evaluated = env.reset(SOUP, 0).instruction
+    finally:
+        env.close()
+    assert evaluated == "pick up the alphabet soup and place it in the basket"
+    assert {e.task for e in episodes} == {evaluated} and per_file[str(path)]["task"] == SOUP
+    unnamed = write_official_file(tmp_path / "demos.hdf5")
+    with pytest.raises(DatasetError, match=r"demos.hdf5: LIBERO names its demo files `<task name>_demo.hdf5`"):
+        import_official_demos(params.model_copy(update={"ingest": params.ingest.model_copy(
+            update={"hdf5_files": [str(unnamed)]})}))
 
 
 def test_malformed_hdf5_is_named(tmp_path):

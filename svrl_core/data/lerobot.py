@@ -1,10 +1,16 @@
 """Demonstration datasets in the LeRobot v3 on-disk layout.
 
     <root>/meta/info.json                          features, fps, counts, path templates
-    <root>/meta/stats.json                         min/max/mean/std/q01/q99 per feature
-    <root>/meta/tasks.parquet                      task_index, task
+    <root>/meta/stats.json                         min/max/mean/std/quantiles/count per feature
+                                                   (images: per channel, (3, 1, 1), in [0, 1])
+    <root>/meta/tasks.parquet                      index: the task string; column task_index
     <root>/meta/episodes/chunk-000/file-000.parquet  one row per episode
     <root>/data/chunk-000/file-000.parquet         one row per frame; images as PNG bytes
+
+LeRobot's own reader (LeRobotDataset, codebase v3.0) depends on these layouts: it looks a
+frame's task up as `tasks.iloc[task_index].name` and normalizes every feature, images
+included, with stats.json. Datasets written before tasks.parquet took that layout (a `task`
+column) still load here.
 """
 
 from __future__ import annotations
@@ -15,11 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from svrl_core.data.stats import feature_stats
+from svrl_core.data.stats import feature_stats, image_stats
 from svrl_core.io import atomic_directory, is_remote, local_directory, write_json_atomic
 
 CODEBASE_VERSION = "v3.0"
@@ -110,12 +117,11 @@ def write_dataset(root: str | Path, episodes: list[Episode], fps: int, robot_typ
             episode_rows[key].append(value)
         index += length
 
-    states = np.asarray(columns[STATE_KEY], dtype=np.float32)
-    actions = np.asarray(columns[ACTION_KEY], dtype=np.float32)
     info = {
         "codebase_version": CODEBASE_VERSION, "robot_type": robot_type, "fps": fps,
         "total_episodes": len(episodes), "total_frames": index, "total_tasks": len(tasks),
-        "chunks_size": 1000, "splits": {"train": f"0:{len(episodes)}"},
+        "chunks_size": 1000, "data_files_size_in_mb": 100, "video_files_size_in_mb": 200,  # LeRobot's defaults
+        "splits": {"train": f"0:{len(episodes)}"},
         "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet", "video_path": None,
         "features": _features(episodes[0]),
     }
@@ -124,10 +130,20 @@ def write_dataset(root: str | Path, episodes: list[Episode], fps: int, robot_typ
             (staging / sub).mkdir(parents=True)
         pq.write_table(pa.table(columns), staging / DATA_FILE)
         pq.write_table(pa.table(episode_rows), staging / EPISODES_FILE)
-        pq.write_table(pa.table({"task_index": list(range(len(tasks))), "task": tasks}), staging / "meta/tasks.parquet")
-        stats = {STATE_KEY: feature_stats(states), ACTION_KEY: feature_stats(actions)}
-        write_json_atomic(staging / "meta/stats.json", stats)
+        pd.DataFrame({"task_index": range(len(tasks))}, index=tasks).to_parquet(staging / "meta/tasks.parquet")
+        write_json_atomic(staging / "meta/stats.json", _dataset_stats(columns, episodes))
         write_json_atomic(staging / "meta/info.json", info)
+
+
+def _dataset_stats(columns: dict[str, list], episodes: list[Episode]) -> dict:
+    """Statistics of every feature, as LeRobot computes them (images per channel, scaled to [0, 1])."""
+    stats = {image_key(cam): image_stats(np.concatenate([ep.images[cam] for ep in episodes]))
+             for cam in episodes[0].images}
+    for key, values in columns.items():
+        if key not in stats:
+            values = np.asarray(values, dtype=np.float64)
+            stats[key] = feature_stats(values.reshape(len(values), -1))  # scalars: (N, 1), as LeRobot's (1,)
+    return stats
 
 
 def _read_json(path: Path) -> dict:
@@ -142,6 +158,16 @@ def _read_parquet(path: Path) -> dict:
         return pq.read_table(path).to_pydict()
     except (OSError, pa.ArrowInvalid) as err:
         raise DatasetError(f"{path}: unreadable parquet ({err}); {REGENERATE}") from None
+
+
+def _read_tasks(path: Path) -> list[str]:
+    """Task strings in task_index order: LeRobot v3 keeps them as the index; older svrl datasets as a column."""
+    try:
+        table = pd.read_parquet(path)
+    except (OSError, pa.ArrowInvalid, ValueError) as err:
+        raise DatasetError(f"{path}: unreadable parquet ({err}); {REGENERATE}") from None
+    names = table["task"] if "task" in table.columns else table.index
+    return [str(name) for _, name in sorted(zip(table["task_index"], names))]
 
 
 def _decode_frame(cell: dict, root: Path, camera: str, index: int) -> np.ndarray:
@@ -166,12 +192,11 @@ def load_dataset(root: str | Path) -> DemoDataset:
     stats = _read_json(root / "meta/stats.json")
     if info.get("codebase_version") != CODEBASE_VERSION:
         raise DatasetError(f"{root}: codebase_version {info.get('codebase_version')!r}, expected {CODEBASE_VERSION!r}")
-    frames, tasks = _read_parquet(root / DATA_FILE), _read_parquet(root / "meta/tasks.parquet")
+    frames, tasks = _read_parquet(root / DATA_FILE), _read_tasks(root / "meta/tasks.parquet")
     cameras = [k.removeprefix("observation.images.") for k, f in info["features"].items() if f["dtype"] == "image"]
     missing = [k for k in info["features"] if k not in frames]
     if missing or len(frames.get(ACTION_KEY, [])) != info["total_frames"]:
         raise DatasetError(f"{root}: data does not match meta/info.json (missing columns {missing} or frame count)")
-    order = np.argsort(tasks["task_index"])
     images = {cam: np.stack([_decode_frame(cell, root, cam, i) for i, cell in enumerate(frames[image_key(cam)])])
               for cam in cameras}
     return DemoDataset(
@@ -180,7 +205,7 @@ def load_dataset(root: str | Path) -> DemoDataset:
         actions=np.asarray(frames[ACTION_KEY], dtype=np.float32),
         episode_index=np.asarray(frames["episode_index"], dtype=np.int64),
         task_index=np.asarray(frames["task_index"], dtype=np.int64),
-        tasks=[tasks["task"][i] for i in order],
+        tasks=tasks,
         stats=stats,
         info=info,
     )

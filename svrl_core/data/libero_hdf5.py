@@ -22,8 +22,13 @@ CAMERA_KEYS = {"agentview": "agentview_rgb", "robot0_eye_in_hand": "eye_in_hand_
 STATE_KEYS = ("ee_pos", "ee_ori", "gripper_states")  # -> (T, 3 + 3 + 2)
 
 
-def read_libero_hdf5(path: str | Path, cameras: list[str], image_size: int | None = None) -> list[Episode]:
-    """Every demo of one official file, in demo order; images resized to `image_size` if given."""
+def read_libero_hdf5(path: str | Path, cameras: list[str], image_size: int | None = None,
+                     instruction: str | None = None) -> list[Episode]:
+    """Every demo of one official file, in demo order; images resized to `image_size` if given.
+
+    `instruction` replaces the file's own `language_instruction` (the BDDL file's wording, which can
+    differ from the benchmark's, e.g. "pick the ..." vs "pick up the ..."): the ingest stage passes the
+    benchmark's, which the env gives the policy at evaluation."""
     import h5py
 
     unknown = [c for c in cameras if c not in CAMERA_KEYS]
@@ -38,7 +43,7 @@ def read_libero_hdf5(path: str | Path, cameras: list[str], image_size: int | Non
         if "data" not in handle:
             raise DatasetError(f"{path}: no `data` group; found {sorted(handle)}; expected the LIBERO/robomimic layout")
         data = handle["data"]
-        instruction = _instruction(path, data.attrs)
+        instruction = instruction or _instruction(path, data.attrs)
         upside_down = data.attrs.get("macros_image_convention", "opengl") == "opengl"
         demos = sorted((k for k in data if re.fullmatch(r"demo_\d+", k)), key=lambda k: int(k.split("_")[1]))
         if not demos:

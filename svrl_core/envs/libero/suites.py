@@ -57,6 +57,15 @@ def find_task(suite: str, name: str) -> LiberoTask:
     raise ValueError(f"LIBERO: {suite} has no task {name!r}; valid names (or indices):\n  {valid}")
 
 
+def demo_file_task(suite: str, path: str) -> LiberoTask:
+    """The task an official demonstration file holds, from LIBERO's naming: `<task name>_demo.hdf5`."""
+    name = os.path.basename(path).removesuffix(".hdf5").removesuffix("_demo")
+    try:
+        return find_task(suite, name)
+    except ValueError as err:
+        raise ValueError(f"{path}: LIBERO names its demo files `<task name>_demo.hdf5`, and {err}") from None
+
+
 @cache
 def init_states(suite: str, task_index: int) -> np.ndarray:
     """The official initial states of a task: (50, state_dim) flattened MuJoCo states."""
