@@ -23,6 +23,7 @@ STATE_DIR = settings.ROOT / ".prefect"
 SERVER_PID = STATE_DIR / "server.pid"
 WORKER_PID = STATE_DIR / "worker.pid"
 STARTUP_TIMEOUT_S = 180
+CLI_TIMEOUT_S = 120
 WORK_POOL = "svrl-process"
 ENV_TAG = "envs"
 
@@ -68,6 +69,8 @@ def _stop(pid_file: Path) -> None:
                 except ProcessLookupError:
                     return
             time.sleep(0.2)
+    print(f"warning: process {pid} ({pid_file.stem}) survived SIGKILL for 5 s; it may still hold port "
+          f"{settings.LOCAL_SERVER_PORT}", file=sys.stderr)
 
 
 def up() -> bool:
@@ -91,14 +94,23 @@ def ui() -> None:
     """Server plus a worker that runs the deployments of infra/prefect/prefect.yaml."""
     up()
     env = {**os.environ, "PREFECT_API_URL": settings.LOCAL_API_URL}
-    subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", WORK_POOL, "--type", "process",
-                    "--overwrite"], env=env, check=True, capture_output=True)
+    _prefect_cli(env, "work-pool", "create", WORK_POOL, "--type", "process", "--overwrite")
     # one env-heavy task (rollouts, evaluation) at a time on this machine: they use every core
-    subprocess.run([sys.executable, "-m", "prefect", "concurrency-limit", "create", ENV_TAG, "1"], env=env,
-                   check=True, capture_output=True)
+    _prefect_cli(env, "concurrency-limit", "create", ENV_TAG, "1")
     if not WORKER_PID.is_file():
         _spawn(WORKER_PID, "worker", "start", "--pool", WORK_POOL)
     print(f"worker polling work pool {WORK_POOL!r}; `make ui-down` stops it and the server", flush=True)
+
+
+def _prefect_cli(env: dict, *args: str) -> None:
+    try:
+        subprocess.run([sys.executable, "-m", "prefect", *args], env=env, check=True, capture_output=True,
+                       timeout=CLI_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        sys.exit(f"`prefect {' '.join(args)}` did not finish within {CLI_TIMEOUT_S}s; is the server at "
+                 f"{settings.LOCAL_API_URL} healthy? (`make ui-down`, then `make ui`)")
+    except subprocess.CalledProcessError as err:
+        sys.exit(f"`prefect {' '.join(args)}` failed: {err.stderr.decode(errors='replace').strip()[-500:]}")
 
 
 def down() -> None:
