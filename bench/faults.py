@@ -32,19 +32,11 @@ from svrl_core.experts.toy_reach import record_demonstration
 from svrl_core.policies import new_policy
 from svrl_core.rollout import EpisodeRequest, LocalEnvPool, run_episodes
 from svrl_core.rollout.dask_pool import DaskEnvPool
-from svrl_core.rollout.faults import Fault, FaultyEnvGroup, fault_times, kill_replacement_workers
+from svrl_core.rollout.faults import SCENARIOS, FaultyEnvGroup, fault_times, kill_replacement_workers
 from tasks.cluster import dask_client
 
 HANG_CALL_TIMEOUT_S = 5  # env_call_timeout_s in the hang scenario; 60 elsewhere
 ACTOR_START_TIMEOUT_S = 30  # toy envs build in seconds; a replacement stuck longer is given up and retried
-SCENARIOS = {  # name: (faults in order, pipeline stages, kill the worker picked for the replacement)
-    "kill mid-step": ((Fault("step", "kill", 2),), 1, False),
-    "kill during reset": ((Fault("reset", "kill", 2),), 1, False),
-    "kill while replacing": ((Fault("step", "kill", 2),), 1, True),
-    "hang in step": ((Fault("step", "hang", 2),), 1, False),
-    "env raises": ((Fault("step", "raise", 3),), 1, False),
-    "kill, 2 stages": ((Fault("step", "kill", 3),), 2, False),
-}
 PARAMS = {
     "env": {"tasks": ["red", "blue"], "max_steps": 16},
     "policy": {"chunk_size": 4, "n_bins": 32, "conv_channels": 8, "n_keypoints": 4, "instruction_dim": 16,
@@ -70,9 +62,10 @@ def run_scenario(policy, params, requests, clean, name: str, hang_after_s: float
 
     A fresh cluster per scenario keeps one scenario's damage out of the next: a Nanny can
     occasionally close for good when its worker dies during a restart (dask/distributed#7312)."""
-    faults, stages, kill_replacement = SCENARIOS[name]
-    call_timeout = HANG_CALL_TIMEOUT_S if any(f.action == "hang" for f in faults) else 60
-    compute = params.compute.model_copy(update={"pipeline_stages": stages, "env_call_timeout_s": call_timeout,
+    scenario = SCENARIOS[name]
+    call_timeout = HANG_CALL_TIMEOUT_S if scenario.hangs else 60
+    compute = params.compute.model_copy(update={"pipeline_stages": scenario.pipeline_stages,
+                                                "env_call_timeout_s": call_timeout,
                                                 "actor_start_timeout_s": ACTOR_START_TIMEOUT_S})
     with tempfile.TemporaryDirectory(prefix="svrl-faults-") as markers, contextlib.ExitStack() as stack:
         client = stack.enter_context(dask_client(params.compute))
@@ -81,8 +74,9 @@ def run_scenario(policy, params, requests, clean, name: str, hang_after_s: float
         def rollout() -> None:
             pool = None
             try:
-                pool = outcome["pool"] = DaskEnvPool(client, params.env, compute, FaultyEnvGroup, (faults, markers))
-                if kill_replacement:
+                pool = outcome["pool"] = DaskEnvPool(client, params.env, compute, FaultyEnvGroup,
+                                                     (scenario.faults, markers))
+                if scenario.kill_replacement:
                     kill_replacement_workers(pool)
                 outcome["episodes"] = run_episodes(policy, pool, requests, None)
             except Exception:

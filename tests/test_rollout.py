@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from svrl_core.rollout import EpisodeRequest, LocalEnvPool, run_episodes
-from svrl_core.rollout.faults import Fault
+from svrl_core.rollout.faults import SCENARIOS, Fault
 from tests.conftest import free_port
 
 
@@ -71,16 +71,6 @@ def test_dask_pool_matches_the_local_pool(tiny_policy, tiny_params):
         assert np.array_equal(a.final_obs.images["main"], b.final_obs.images["main"])
 
 
-FAULT_SCENARIOS = {  # name: (faults in order, pipeline stages, kill the worker picked for the replacement)
-    "killed mid-step": ((Fault("step", "kill", 2),), 1, False),
-    "killed during reset": ((Fault("reset", "kill", 2),), 1, False),
-    "killed while its replacement starts": ((Fault("step", "kill", 2),), 1, True),
-    "a step that hangs": ((Fault("step", "hang", 2),), 1, False),
-    "an env that raises": ((Fault("step", "raise", 3),), 1, False),
-    "two stages see the same death": ((Fault("step", "kill", 3),), 2, False),
-}
-
-
 @pytest.fixture(scope="module")
 def two_worker_client(tiny_params):
     from tasks.cluster import dask_client
@@ -90,29 +80,29 @@ def two_worker_client(tiny_params):
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("scenario", list(FAULT_SCENARIOS))
-def test_env_worker_faults_cost_time_not_episodes(tiny_policy, tiny_params, two_worker_client, tmp_path, scenario):
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_env_worker_faults_cost_time_not_episodes(tiny_policy, tiny_params, two_worker_client, tmp_path, name):
     """Each fault loses a worker's envs: its episodes re-run; counts and rewards equal a clean run."""
     from svrl_core.rollout import RolloutStats
     from svrl_core.rollout.dask_pool import DaskEnvPool
     from svrl_core.rollout.faults import FaultyEnvGroup, fired_faults, kill_replacement_workers
 
-    faults, stages, kill_replacement = FAULT_SCENARIOS[scenario]
+    scenario = SCENARIOS[name]
     reqs = requests(tiny_params, n_per_task=8)  # 16 episodes on 8 envs: two waves of resets
     clean = run_episodes(tiny_policy, LocalEnvPool(tiny_params.env, 16), reqs, None)
-    hangs = any(fault.action == "hang" for fault in faults)  # a short deadline only where it must expire
-    compute = tiny_params.compute.model_copy(update={"envs_per_worker": 4, "pipeline_stages": stages,
-                                                     "env_call_timeout_s": 5 if hangs else 60})
-    pool = DaskEnvPool(two_worker_client, tiny_params.env, compute, FaultyEnvGroup, (faults, str(tmp_path)))
-    if kill_replacement:
+    compute = tiny_params.compute.model_copy(update={  # a short deadline only where it must expire
+        "envs_per_worker": 4, "pipeline_stages": scenario.pipeline_stages, "actor_start_timeout_s": 30,
+        "env_call_timeout_s": 5 if scenario.hangs else 60})
+    pool = DaskEnvPool(two_worker_client, tiny_params.env, compute, FaultyEnvGroup, (scenario.faults, str(tmp_path)))
+    if scenario.kill_replacement:
         kill_replacement_workers(pool)
     stats = RolloutStats()
     try:
         rerun = run_episodes(tiny_policy, pool, reqs, None, stats=stats)
     finally:
         pool.close()
-    assert fired_faults(tmp_path) == len(faults)
-    assert 1 <= pool.worker_failures <= 1 + kill_replacement and len(pool.losses) == 1
+    assert fired_faults(tmp_path) == len(scenario.faults)
+    assert 1 <= pool.worker_failures <= 1 + scenario.kill_replacement and len(pool.losses) == 1
     assert stats.restarted_episodes >= 1
     assert [t.request for t in rerun] == reqs
     for a, b in zip(clean, rerun):

@@ -33,6 +33,30 @@ class Fault:
     nth: int = 1
 
 
+@dataclass(frozen=True)
+class Scenario:
+    """A chaos scenario: faults in order, the rollout's pipeline stages, whether the worker picked for
+    the replacement is killed too."""
+
+    faults: tuple[Fault, ...]
+    pipeline_stages: int = 1
+    kill_replacement: bool = False
+
+    @property
+    def hangs(self) -> bool:
+        return any(fault.action == "hang" for fault in self.faults)
+
+
+SCENARIOS = {  # run by tests/test_rollout.py and bench/faults.py
+    "kill mid-step": Scenario((Fault("step", "kill", 2),)),
+    "kill during reset": Scenario((Fault("reset", "kill", 2),)),
+    "kill while replacing": Scenario((Fault("step", "kill", 2),), kill_replacement=True),
+    "hang in step": Scenario((Fault("step", "hang", 2),)),
+    "env raises": Scenario((Fault("step", "raise", 3),)),
+    "kill, 2 stages": Scenario((Fault("step", "kill", 3),), pipeline_stages=2),
+}
+
+
 class FaultyEnvGroup(EnvGroup):
     """An EnvGroup that injects `faults`; `marker_dir` (shared by all workers) records which fired."""
 
