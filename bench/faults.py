@@ -35,7 +35,7 @@ from svrl_core.rollout.dask_pool import DaskEnvPool
 from svrl_core.rollout.faults import SCENARIOS, FaultyEnvGroup, fault_times, kill_replacement_workers
 from tasks.cluster import dask_client
 
-HANG_CALL_TIMEOUT_S = 5  # env_call_timeout_s in the hang scenario; 60 elsewhere
+HANG_CALL_TIMEOUT_S = 10  # env_call_timeout_s in the hang scenario; 60 elsewhere
 ACTOR_START_TIMEOUT_S = 30  # toy envs build in seconds; a replacement stuck longer is given up and retried
 PARAMS = {
     "env": {"tasks": ["red", "blue"], "max_steps": 16},

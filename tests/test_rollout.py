@@ -92,7 +92,7 @@ def test_env_worker_faults_cost_time_not_episodes(tiny_policy, tiny_params, two_
     clean = run_episodes(tiny_policy, LocalEnvPool(tiny_params.env, 16), reqs, None)
     compute = tiny_params.compute.model_copy(update={  # a short deadline only where it must expire
         "envs_per_worker": 4, "pipeline_stages": scenario.pipeline_stages, "actor_start_timeout_s": 30,
-        "env_call_timeout_s": 5 if scenario.hangs else 60})
+        "env_call_timeout_s": 10 if scenario.hangs else 60})
     pool = DaskEnvPool(two_worker_client, tiny_params.env, compute, FaultyEnvGroup, (scenario.faults, str(tmp_path)))
     if scenario.kill_replacement:
         kill_replacement_workers(pool)
@@ -126,7 +126,7 @@ def test_a_hung_env_call_ends_within_its_deadline(tiny_policy, tiny_params, two_
     with pytest.raises(RuntimeError, match="lost env workers 1 times.*step did not answer within "
                                            "compute.env_call_timeout_s=3s"):
         run_episodes(tiny_policy, pool, requests(tiny_params), None)
-    assert time.monotonic() - began < 20
+    assert time.monotonic() - began < 60  # the 3 s deadline, then ending the stuck worker: seconds, not forever
     pool.close()
 
 

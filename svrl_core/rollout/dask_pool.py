@@ -11,6 +11,7 @@ an error that names the last cause, rather than spinning.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import Counter
@@ -130,6 +131,14 @@ class DaskEnvPool:
             return
 
     def _restart_worker(self, address: str) -> None:
+        """End a stuck worker's process from its event loop (free while its actor thread hangs), so that its
+        Nanny starts a new one as after any crash. Nanny.restart is the fallback: under load it can close the
+        Nanny for good (dask/distributed#7312), shrinking the cluster."""
+        try:
+            self.client.run(os._exit, 1, workers=[address], wait=False)
+            return
+        except Exception as err:
+            logger.warning("could not end stuck env worker %s (%s); asking its Nanny", address, _describe(err))
         try:
             self.client.restart_workers([address], timeout=RESTART_TIMEOUT_S, raise_for_error=False)
         except Exception as err:  # no nanny, or the worker is already gone: it is avoided either way
