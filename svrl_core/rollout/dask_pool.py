@@ -225,9 +225,11 @@ def _start_call(actor, method: str, *args):
 
 
 def _result(call, deadline: float):
+    """The call's answer, waiting until `deadline` at most; an answer that already came is never late (a
+    zero timeout would call it so when another actor's wait used up the shared deadline)."""
     if isinstance(call, Exception):
         raise call
-    return call.result(timeout=max(0.0, deadline - time.monotonic()))
+    return call.result(timeout=None if call.done() else max(0.0, deadline - time.monotonic()))
 
 
 def _describe(err: BaseException) -> str:
