@@ -93,7 +93,7 @@ class FaultyEnvGroup(EnvGroup):
 
 
 def fired_faults(marker_dir: str | Path) -> int:
-    return len(list(Path(marker_dir).glob("fault-*")))
+    return len(fault_times(marker_dir))
 
 
 def fault_times(marker_dir: str | Path) -> list[float]:
