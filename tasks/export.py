@@ -11,6 +11,7 @@ from svrl_core.envs import make_env
 from svrl_core.export import BundlePolicy, export_bundle
 from svrl_core.io import local_directory
 from svrl_core.policies import VLAPolicy
+from tasks.provenance import collect_provenance
 
 
 OBSERVATIONS_PER_TASK = 8
@@ -20,9 +21,10 @@ OBSERVATIONS_PER_TASK = 8
 def export_policy(params: Params) -> dict:
     """Export the RL policy and check the bundle reproduces in-process greedy actions exactly."""
     policy = VLAPolicy.load(params.paths.rl_model)
-    export_bundle(policy, params.paths.export, params.export.name)
     env = make_env(params.env)
     try:
+        export_bundle(policy, params.paths.export, params.export.name, collect_provenance(params),
+                      list(env.action_names))
         observations = [env.reset(task_name, params.eval.seed_start + k)
                         for task_name in params.env.tasks for k in range(OBSERVATIONS_PER_TASK)]
     finally:

@@ -33,6 +33,7 @@ class VLAEnv(Protocol):
 
     tasks: tuple[str, ...]
     action_dim: int
+    action_names: tuple[str, ...]  # one per action dimension, in order
     max_steps: int
 
     def reset(self, task: str, seed: int) -> Obs:

@@ -1,6 +1,6 @@
 """Deployable policy bundles."""
 
 from svrl_core.export.bundle import export_bundle
-from svrl_core.export.runtime import BundlePolicy
+from svrl_core.export.runtime import BundleError, BundlePolicy, read_manifest
 
-__all__ = ["BundlePolicy", "export_bundle"]
+__all__ = ["BundleError", "BundlePolicy", "export_bundle", "read_manifest"]

@@ -1,4 +1,8 @@
-"""Export a policy as a self-contained bundle: torch.export graph + json spec + runtime."""
+"""Export a policy as a self-contained bundle: torch.export graph + json spec + runtime.
+
+The bundle is a release: manifest.json lists every file with its sha256 (checked whenever the
+runtime loads it) and provenance.json says where the policy came from.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,13 @@ from pathlib import Path
 
 import torch
 
+from svrl_core.export.runtime import MANIFEST, file_sha256
 from svrl_core.io import atomic_directory, write_json_atomic
 from svrl_core.policies import PolicyInputs, VLAPolicy
 from svrl_core.policies.policy import STATE_EPS
 
 BUNDLE_FORMAT = "svrl-bundle-v1"
+MANIFEST_FORMAT = "svrl-bundle-manifest-v1"
 
 
 class _TensorInterface(torch.nn.Module):
@@ -25,8 +31,10 @@ class _TensorInterface(torch.nn.Module):
         return self.model(PolicyInputs(images, states, instruction_ids))
 
 
-def bundle_spec(policy: VLAPolicy, name: str) -> dict:
+def bundle_spec(policy: VLAPolicy, name: str, action_names: list[str] | None = None) -> dict:
     cfg = policy.cfg
+    if action_names is not None and len(action_names) != cfg.action_dim:
+        raise ValueError(f"export: {len(action_names)} action names for a {cfg.action_dim}-D action")
     return {
         "format": BUNDLE_FORMAT, "name": name, "architecture": cfg.to_dict(),
         "inputs": {"camera": cfg.camera, "proprio_dim": cfg.state_dim, "instruction": "text"},
@@ -36,13 +44,24 @@ def bundle_spec(policy: VLAPolicy, name: str) -> dict:
             "instruction_encoding": "utf-8 bytes + 1, zero padded", "max_instruction_bytes": cfg.max_instruction_bytes,
         },
         "postprocessing": {"decoding": "argmax", "chunk_size": cfg.chunk_size, "action_dim": cfg.action_dim,
-                           **policy.actions.to_dict()},
+                           "action_names": action_names, **policy.actions.to_dict()},
         "dataset_statistics": policy.dataset_stats,
     }
 
 
-def export_bundle(policy: VLAPolicy, directory: str | Path, name: str) -> None:
-    """Write the bundle atomically: policy.pt2, bundle.json, runtime.py, plus the svrl checkpoint."""
+def write_manifest(directory: Path, name: str) -> dict:
+    """Checksum every file under `directory` into its manifest.json."""
+    files = {path.relative_to(directory).as_posix(): {"sha256": file_sha256(path), "bytes": path.stat().st_size}
+             for path in sorted(directory.rglob("*")) if path.is_file() and path.name != MANIFEST}
+    manifest = {"format": MANIFEST_FORMAT, "name": name, "files": files}
+    write_json_atomic(directory / MANIFEST, manifest)
+    return manifest
+
+
+def export_bundle(policy: VLAPolicy, directory: str | Path, name: str, provenance: dict | None = None,
+                  action_names: list[str] | None = None) -> None:
+    """Write the bundle atomically: policy.pt2, bundle.json, runtime.py, the svrl checkpoint,
+    provenance.json, and last the manifest of them all."""
     cfg = policy.cfg
     example = policy.prepare_arrays(
         torch.zeros(2, *cfg.image_shape, 3, dtype=torch.uint8).numpy(),
@@ -53,6 +72,8 @@ def export_bundle(policy: VLAPolicy, directory: str | Path, name: str) -> None:
         dynamic_shapes=({0: batch}, {0: batch}, {0: batch}))
     with atomic_directory(directory) as staging:
         torch.export.save(program, str(staging / "policy.pt2"))
-        write_json_atomic(staging / "bundle.json", bundle_spec(policy, name))
+        write_json_atomic(staging / "bundle.json", bundle_spec(policy, name, action_names))
+        write_json_atomic(staging / "provenance.json", provenance or {})
         shutil.copy(Path(__file__).with_name("runtime.py"), staging / "runtime.py")
         policy.save(staging / "checkpoint")
+        write_manifest(staging, name)

@@ -4,20 +4,58 @@ This file is copied into every bundle and needs only numpy and torch: no svrl co
 
     policy = BundlePolicy("path/to/bundle")
     chunk = policy.act(image, proprio, "move to the red disc")  # (K, D) actions to execute
+
+Loading checks every file against manifest.json (sha256 and size) first, so a bundle that
+was modified, truncated or partly copied after export is refused before it can act.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+MANIFEST = "manifest.json"
+REFETCH = "re-export it (`dvc repro export`) or restore it (`dvc checkout exports/policy_bundle`)"
+
+
+class BundleError(ValueError):
+    """The bundle is incomplete or differs from what was exported."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(directory: str | Path) -> dict:
+    """manifest.json after checking every file it lists; raises BundleError naming the first bad file."""
+    directory = Path(directory)
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+        files = manifest["files"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise BundleError(f"bundle {directory}: no readable {MANIFEST} ({err}); {REFETCH}") from None
+    for name, entry in sorted(files.items()):
+        path = directory / name
+        if not path.is_file():
+            raise BundleError(f"bundle {directory}: {name} is missing; {REFETCH}")
+        if path.stat().st_size != entry["bytes"] or file_sha256(path) != entry["sha256"]:
+            raise BundleError(f"bundle {directory}: {name} does not match its sha256 in {MANIFEST}: the file was "
+                              f"changed after export; {REFETCH}")
+    return manifest
+
 
 class BundlePolicy:
     def __init__(self, directory: str | Path):
         directory = Path(directory)
+        self.manifest = read_manifest(directory)
         self.spec = json.loads((directory / "bundle.json").read_text())
         self.net = torch.export.load(str(directory / "policy.pt2")).module()
 

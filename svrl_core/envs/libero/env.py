@@ -78,6 +78,7 @@ class LiberoEnv:
     """VLAEnv over the tasks of one LIBERO suite (names or indices in `cfg.tasks`)."""
 
     action_dim = 7
+    action_names = ("eef_dx", "eef_dy", "eef_dz", "eef_drx", "eef_dry", "eef_drz", "gripper")  # gripper -1 = open
 
     def __init__(self, cfg: EnvConfig):
         self.cfg = cfg

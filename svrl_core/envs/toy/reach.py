@@ -38,6 +38,7 @@ class ToyReachEnv:
     """VLAEnv over tasks named by target colour ("red", "green", ...)."""
 
     action_dim = 2
+    action_names = ("dx", "dy")
 
     def __init__(self, cfg: EnvConfig):
         unknown = [t for t in cfg.tasks if t not in COLOURS]
