@@ -70,7 +70,7 @@ class ChunkRunner:
                 return
             except ServerUnreachable as err:
                 if time.monotonic() - start > self.cfg.give_up_after_s:
-                    raise ServerUnreachable(f"gave up after {self.cfg.give_up_after_s:.0f}s with the robot held: "
+                    raise ServerUnreachable(f"gave up after {self.cfg.give_up_after_s:g}s with the robot held: "
                                             f"{err}") from None
                 log.warning("policy server unreachable (%s); robot held, retrying in %.1fs", err, wait)
                 wait = min(2 * wait, self.cfg.reconnect_max_s)

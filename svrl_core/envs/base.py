@@ -7,6 +7,11 @@ from typing import Protocol
 
 import numpy as np
 
+# RoboTwin's dual-arm layout, shared by the simulated tasks and real arms (deploy/piper.py):
+# joint targets in radians, grippers 0 = closed .. 1 = open
+DUAL_ARM_ACTION_NAMES = tuple(f"{side}_{part}" for side in ("left", "right")
+                              for part in [*(f"joint{j}" for j in range(1, 7)), "gripper"])
+
 
 @dataclass(frozen=True)
 class Obs:

@@ -14,14 +14,13 @@ import numpy as np
 import sapien
 
 from svrl_core.config import EnvConfig
-from svrl_core.envs.base import Obs, StepResult
+from svrl_core.envs.base import DUAL_ARM_ACTION_NAMES, Obs, StepResult
 from svrl_core.envs.robotwin import tasks as task_specs
 from svrl_core.envs.robotwin.arm import Arm, build_arm
 from svrl_core.envs.robotwin.rendering import HeadCamera, render_system
 
-ACTION_DIM = 14
-ACTION_NAMES = tuple(f"{side}_{part}" for side in ("left", "right")
-                     for part in [*(f"joint{j}" for j in range(1, 7)), "gripper"])  # radians; gripper 0 closed .. 1 open
+ACTION_NAMES = DUAL_ARM_ACTION_NAMES
+ACTION_DIM = len(ACTION_NAMES)
 TIMESTEP, SUBSTEPS = 1 / 250, 10
 ARM_BASES = {"left": [-0.3, -0.32, task_specs.TABLE_Z], "right": [0.3, -0.32, task_specs.TABLE_Z]}
 HOME_JOINTS = np.array([0.0, -1.75, 1.967, 0.0, 1.354, 0.0])  # TCP 0.22 m ahead of the base, 0.24 m up, fingers down
