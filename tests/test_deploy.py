@@ -267,3 +267,44 @@ def test_a_tampered_or_incomplete_bundle_is_refused(bundle_dir, tmp_path):
             BundlePolicy(copy)
         with pytest.raises(BundleError, match="re-export it"):
             PolicyServer(copy, ServeConfig(port=0, api_key=KEY))
+
+
+def test_svrl_serve_and_drive_from_the_command_line(bundle_dir, tiny_params, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    env = {**os.environ, "SVRL_API_KEY": KEY}
+    svrl = [sys.executable, "-c", "from flows.cli import main; main()"]
+    assert "set SVRL_API_KEY" in subprocess.run([*svrl, "serve", str(bundle_dir)], capture_output=True, text=True,
+                                                env={**os.environ, "SVRL_API_KEY": ""}, timeout=120).stderr
+    server = subprocess.Popen([*svrl, "serve", str(bundle_dir), "--port", str(port)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if http_get(f"http://127.0.0.1:{port}/health")[0] == 200:
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, server.stdout.read()
+                time.sleep(0.2)
+        params_file = tmp_path / "params.yaml"
+        params_file.write_text(yaml.safe_dump(tiny_params.model_dump(mode="json")))
+        drive = subprocess.run([*svrl, "drive", "--server", f"ws://127.0.0.1:{port}", "--params", str(params_file),
+                                "--episodes", "2"], capture_output=True, text=True, env=env, timeout=120)
+        assert drive.returncode == 0, drive.stderr
+        first = tiny_params.eval.seed_start  # drive evaluates on the eval states by default
+        assert f"red seed {first}:" in drive.stdout and f"blue seed {first + 1}:" in drive.stdout
+        assert drive.stdout.strip().splitlines()[-1].endswith("/4")
+        server.send_signal(signal.SIGTERM)  # graceful: exits 0
+        assert server.wait(30) == 0
+    finally:
+        server.kill()

@@ -42,3 +42,38 @@ def test_bundle_rejects_wrong_image_size(tiny_policy, tmp_path):
     export_bundle(tiny_policy, tmp_path / "bundle", "tiny")
     with pytest.raises(ValueError, match=r"expected uint8 images \(B, 32, 32, 3\)"):
         BundlePolicy(tmp_path / "bundle").act(np.zeros((64, 64, 3), np.uint8), np.zeros(2), "x")
+
+
+def test_manifest_checksums_every_file_and_provenance_travels_with_the_bundle(tiny_policy, tmp_path):
+    import hashlib
+
+    export_bundle(tiny_policy, tmp_path / "bundle", "tiny", {"git": {"commit": "abc"}}, ["dx", "dy"])
+    bundle = BundlePolicy(tmp_path / "bundle")
+    files = {p.relative_to(tmp_path / "bundle").as_posix() for p in (tmp_path / "bundle").rglob("*") if p.is_file()}
+    assert set(bundle.manifest["files"]) == files - {"manifest.json"}
+    assert {"policy.pt2", "bundle.json", "runtime.py", "provenance.json", "checkpoint/model.safetensors"} <= files
+    entry = bundle.manifest["files"]["policy.pt2"]
+    assert entry["sha256"] == hashlib.sha256((tmp_path / "bundle/policy.pt2").read_bytes()).hexdigest()
+    assert json.loads((tmp_path / "bundle/provenance.json").read_text()) == {"git": {"commit": "abc"}}
+    assert bundle.spec["postprocessing"]["action_names"] == ["dx", "dy"]
+
+
+def test_provenance_records_revision_data_versions_metrics_and_params(tiny_params, tmp_path, monkeypatch):
+    import subprocess
+
+    from tasks.metrics import write_metrics
+    from tasks.provenance import collect_provenance
+
+    monkeypatch.chdir(tmp_path)
+    subprocess.run(["git", "init", "-q"], check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"],
+                   check=True)
+    (tmp_path / "dvc.lock").write_text("schema: '2.0'\nstages:\n  ingest:\n    outs:\n    - path: data/demos/toy\n"
+                                       "      md5: 0123abcd.dir\n  report:\n    outs: []\n")
+    params = tiny_params.model_copy(update={"paths": tiny_params.paths.model_copy(update={"metrics": "metrics"})})
+    write_metrics(params, "eval_rl", {"mean_success": 0.75})
+    record = collect_provenance(params)
+    assert len(record["git"]["commit"]) == 40 and record["git"]["dirty"] is False
+    assert record["dvc"] == {"ingest": {"data/demos/toy": "0123abcd.dir"}}
+    assert record["metrics"] == {"eval_rl": {"mean_success": 0.75}}  # eval_sft not run yet: left out
+    assert record["params"]["env"]["tasks"] == ["red", "blue"]

@@ -24,4 +24,5 @@ def test_svrl_core_imports_neither_prefect_nor_dvc():
 
 
 def test_bundle_runtime_needs_no_svrl_code():
-    assert imported_roots(Path("svrl_core/export/runtime.py")) <= {"__future__", "json", "pathlib", "numpy", "torch"}
+    assert imported_roots(Path("svrl_core/export/runtime.py")) <= {"__future__", "hashlib", "json", "pathlib", "numpy",
+                                                                    "torch"}
