@@ -79,12 +79,12 @@ def run_stage(flow: Callable[..., object], replica: Callable[..., None] | None =
 def main() -> None:
     """`svrl STAGE [--params PATH]` where STAGE is a dvc.yaml stage or `pipeline`;
     `svrl serve BUNDLE` and `svrl drive` run a policy beside a (simulated) robot."""
-    from flows.pipeline import STAGE_FLOWS, pipeline_flow
-
-    if sys.argv[1:2] in (["serve"], ["drive"]):
+    if sys.argv[1:2] in (["serve"], ["drive"]):  # no Prefect needed: skip importing the flows
         from tasks.deploy import drive_main, serve_main
 
         return (serve_main if sys.argv[1] == "serve" else drive_main)(sys.argv[2:])
+    from flows.pipeline import STAGE_FLOWS, pipeline_flow
+
     flows = {**STAGE_FLOWS, "pipeline": pipeline_flow}
     if len(sys.argv) < 2 or sys.argv[1] not in flows:
         sys.exit(f"usage: svrl {{{'|'.join(flows)}}} [--params PATH] | svrl serve BUNDLE | svrl drive")

@@ -131,8 +131,9 @@ class PolicyServer:
                 raise BadRequest(503, "server is shutting down")
             observation = parse_observation(message, self.metadata)
             start = time.perf_counter()
-            actions = await self._submit(observation)
-            return {"type": "actions", "actions": actions, "server_ms": 1e3 * (time.perf_counter() - start)}
+            actions, inference_ms = await self._submit(observation)
+            return {"type": "actions", "actions": actions, "inference_ms": inference_ms,
+                    "server_ms": 1e3 * (time.perf_counter() - start)}
         except WireError as err:
             return {"type": "error", "status": 400, "error": f"malformed request: {err}"}
         except BadRequest as err:
@@ -142,7 +143,8 @@ class PolicyServer:
             return {"type": "error", "status": 500, "error": f"inference failed: {type(err).__name__}: {err}"}
 
     # --- batching ----------------------------------------------------------------------
-    async def _submit(self, observation: Observation) -> np.ndarray:
+    async def _submit(self, observation: Observation) -> tuple[np.ndarray, float]:
+        """The (K, D) chunk for `observation` and the milliseconds of the forward pass that made it."""
         future = asyncio.get_running_loop().create_future()
         self._pending.append((observation, future))
         self._arrived.set()
@@ -165,10 +167,12 @@ class PolicyServer:
         batch, self._pending = self._pending[: self.cfg.max_batch], self._pending[self.cfg.max_batch:]
         return batch
 
-    def _act(self, observations: list[Observation]) -> np.ndarray:
-        return self.policy.act_batch(np.stack([o.image for o in observations]),
-                                     np.stack([o.proprio for o in observations]),
-                                     [o.instruction for o in observations])  # (B, K, D)
+    def _act(self, observations: list[Observation]) -> tuple[np.ndarray, float]:
+        start = time.perf_counter()
+        actions = self.policy.act_batch(np.stack([o.image for o in observations]),
+                                        np.stack([o.proprio for o in observations]),
+                                        [o.instruction for o in observations])  # (B, K, D)
+        return actions, 1e3 * (time.perf_counter() - start)
 
     async def _batch_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -176,13 +180,14 @@ class PolicyServer:
             batch = await self._collect()
             self._running = True
             try:
-                actions = await loop.run_in_executor(self._inference, self._act, [obs for obs, _ in batch])
+                actions, inference_ms = await loop.run_in_executor(self._inference, self._act,
+                                                                   [obs for obs, _ in batch])
             except Exception as err:
                 for _, future in batch:
                     future.done() or future.set_exception(err)
             else:
                 for row, (_, future) in enumerate(batch):
-                    future.done() or future.set_result(actions[row])
+                    future.done() or future.set_result((actions[row], inference_ms))
                 self.served += len(batch)
                 self.batches += 1
             finally:
