@@ -43,6 +43,7 @@ bench: setup
 	$(PY) -m bench.libero_experts
 	$(PY) -m bench.robotwin
 	$(PY) -m bench.faults --rounds 5
+	$(PY) -m bench.serve
 
 ui: setup  # local Prefect server + a worker for the deployments
 	$(PY) -m flows.server ui

@@ -27,6 +27,7 @@ import httpx
 import numpy as np
 import torch
 from aiohttp import web
+from websockets.asyncio.client import connect as ws_connect
 from websockets.asyncio.server import serve
 from websockets.sync.client import connect
 
@@ -34,7 +35,7 @@ from svrl_core.config import load_params
 from svrl_core.data.lerobot import DemoDataset
 from svrl_core.data.stats import feature_stats, image_stats
 from svrl_core.deploy import PolicyClient
-from svrl_core.deploy.wire import pack
+from svrl_core.deploy.wire import pack, unpack
 from svrl_core.envs.base import Obs
 from svrl_core.export import BundlePolicy, export_bundle
 from svrl_core.policies import new_policy
@@ -48,10 +49,10 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def default_bundle(directory: Path) -> Path:
-    """The default config's policy, exported (random weights, dataset-shaped statistics)."""
-    params = load_params("params.yaml")
-    size = params.env.image_size
+def default_bundle(directory: Path, params_path: str = "params.yaml", image_size: int | None = None) -> Path:
+    """A config's policy, exported (random weights, dataset-shaped statistics)."""
+    params = load_params(params_path)
+    size = image_size or params.env.image_size
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (16, size, size, 3), dtype=np.uint8)
     states, actions = rng.normal(size=(16, 8)).astype(np.float32), rng.uniform(-1, 1, (16, 7)).astype(np.float32)
@@ -86,36 +87,41 @@ def in_process(bundle: BundlePolicy, obs: Obs, seconds: float, idle_s: float = 0
     return latencies, len(latencies) / (time.perf_counter() - began)
 
 
-def served(url: str, obs: Obs, clients: int, seconds: float) -> tuple[list[float], float, list[float]]:
-    """Round-trip latencies, chunks/s over all robots, and the server's own forward-pass times."""
-    latencies, forward_ms, lock, barrier = [], [], threading.Lock(), threading.Barrier(clients + 1)
-    began = 0.0  # set before the barrier opens; robots read it after
+def served(url: str, payload: bytes, clients: int, seconds: float) -> tuple[list[float], float, list[float]]:
+    """Round-trip latencies, chunks/s over all robots, and the server's own forward-pass times.
 
-    def robot() -> None:
-        client = PolicyClient(url, KEY, timeout_s=60)
-        client.connect()
-        message = client.observation_message(obs)
-        client.request(message)
-        mine, forward = [], []
-        barrier.wait()
-        while time.perf_counter() - began < seconds:
-            start = time.perf_counter()
-            reply = client.request(message)
-            mine.append(time.perf_counter() - start)
-            forward.append(reply["inference_ms"])
-        client.close()
-        with lock:
-            latencies.extend(mine)
-            forward_ms.extend(forward)
+    The robots are connections of one asyncio load generator: 16 robots on real machines cost the
+    server's cores nothing, and 16 client threads here would take CPU from the server."""
+    latencies, forward_ms = [], []
 
-    threads = [threading.Thread(target=robot) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    began = time.perf_counter() + 0.01
-    barrier.wait()
-    for t in threads:
-        t.join()
-    return latencies, len(latencies) / (time.perf_counter() - began), forward_ms
+    async def robot(stop_at: float) -> None:
+        async with ws_connect(url, additional_headers={"Authorization": f"Bearer {KEY}"}, compression=None,
+                              max_size=None, proxy=None) as ws:
+            await ws.send(payload)
+            await ws.recv()
+            while time.perf_counter() < stop_at:
+                start = time.perf_counter()
+                await ws.send(payload)
+                reply = unpack(await ws.recv())
+                latencies.append(time.perf_counter() - start)
+                forward_ms.append(reply["inference_ms"])
+
+    async def all_robots() -> float:
+        began = time.perf_counter()
+        await asyncio.gather(*[robot(began + seconds) for _ in range(clients)])
+        return time.perf_counter() - began
+
+    elapsed = asyncio.run(all_robots())
+    return latencies, len(latencies) / elapsed, forward_ms
+
+
+def robot_client_p50(url: str, obs: Obs, n: int) -> float:
+    """p50 ms of PolicyClient.infer, the blocking client a robot runs."""
+    client = PolicyClient(url, KEY, timeout_s=60)
+    client.connect()
+    p50 = _p50(lambda: client.infer(obs), n)
+    client.close()
+    return p50
 
 
 def start_server(bundle_dir: Path, threads: int) -> tuple[subprocess.Popen, str]:
@@ -181,14 +187,16 @@ def _p50(call, n: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", type=Path, help="an exported bundle (default: the default config's policy size)")
+    parser.add_argument("--bundle", type=Path, help="an exported bundle (default: the policy of --params)")
+    parser.add_argument("--params", default="params.yaml", help="the config whose policy size to serve")
+    parser.add_argument("--image-size", type=int, help="override the config's image size (a slower forward pass)")
     parser.add_argument("--seconds", type=float, default=10.0, help="per measurement")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--threads", type=int, default=1, help="torch threads, in process and in the server")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        bundle_dir = args.bundle or default_bundle(Path(tmp))
+        bundle_dir = args.bundle or default_bundle(Path(tmp), args.params, args.image_size)
         bundle = BundlePolicy(bundle_dir)
         obs = observation(bundle)
         base_latencies, base_rate = in_process(bundle, obs, args.seconds)
@@ -199,17 +207,20 @@ def main() -> None:
         print(f"{'':>12} {'p50 ms':>8} {'p99 ms':>8} {'chunks/s':>9}")
         print(f"{'in-process':>12} {base_p50:8.2f} {base_p99:8.2f} {base_rate:9.1f}   back to back")
         print(f"{'in-process':>12} {idle_p50:8.2f} {idle_p99:8.2f} {'':>9}   1 ms idle before each call")
+        payload = pack(_message(bundle, obs))
         process, url = start_server(bundle_dir, args.threads)
         try:
             rates = {}
             for clients in args.clients:
-                latencies, rates[clients], forward_ms = served(url, obs, clients, args.seconds)
+                latencies, rates[clients], forward_ms = served(url, payload, clients, args.seconds)
                 p50, p99 = percentiles(latencies)
                 print(f"{f'{clients} client' + 's' * (clients > 1):>12} {p50:8.2f} {p99:8.2f} {rates[clients]:9.1f}"
                       f"   server forward pass p50 {np.median(forward_ms):.2f} ms")
                 if clients == 1:
                     overhead = (f"served p50 overhead at 1 client: {100 * (p50 / base_p50 - 1):+.0f}% vs back to back, "
                                 f"{100 * (p50 / idle_p50 - 1):+.0f}% vs in-process with idle gaps")
+            robot_p50 = robot_client_p50(url, obs, 300)
+            print(f"robot client (PolicyClient.infer), 1 client: p50 {robot_p50:.2f} ms")
         finally:
             process.terminate()
             process.wait(30)
@@ -217,7 +228,6 @@ def main() -> None:
             print(overhead)
             for clients in args.clients[1:]:
                 print(f"throughput {clients} clients / 1 client: {rates[clients] / rates[1]:.2f}x")
-        payload = pack(_message(bundle, obs))
         times = transport_round_trips(payload, 300)
         print(f"transport only, {len(payload)} byte request echoed: "
               + ", ".join(f"{name} p50 {ms:.3f} ms" for name, ms in times.items()))
