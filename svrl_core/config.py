@@ -155,8 +155,19 @@ class RlConfig(Section):
     prompts_per_batch: int = Field(16, ge=1, description="initial states sampled per rollout batch")
     group_size: int = Field(8, ge=2, le=1024, description="G trajectories per initial state")
     dynamic_sampling: bool = Field(True, description="train only on groups with mixed rewards, refilling")
-    min_valid_groups: int = Field(8, ge=1, description="dynamic sampling refills until this many mixed groups")
+    train_groups: int | None = Field(None, ge=1, description="SimpleVLA-RL's batch: refill until exactly this many "
+                                     "kept groups, drop the surplus, skip the update if max_rollouts runs out first; "
+                                     "None: the earlier batch (min_valid_groups, max_refills)")
+    max_rollouts: int = Field(1024, ge=1, description="with train_groups: trajectories per iteration at most")
+    min_valid_groups: int = Field(8, ge=1, description="without train_groups: refill until this many kept groups")
     max_refills: int = Field(3, ge=0, le=100)
+    keep_success_range: tuple[float, float] = Field((0.1, 0.9), description="dynamic sampling keeps mixed groups "
+                                                    "whose success rate lies in [low, high] (SimpleVLA-RL)")
+    prompt_order: Literal["cycle", "shuffle"] = Field("cycle", description="cycle: tasks x states in order; "
+                                                      "shuffle: a fresh seeded permutation every pass (needs "
+                                                      "initial_states)")
+    max_steps: int | Literal["oft", "simplevla"] | None = Field(None, description="step limit of RL rollouts, a "
+                                                                "preset or a number; None: env.max_steps (eval's)")
     temperature: float = Field(1.6, gt=0.0, le=10.0)
     clip_low: float = Field(0.2, gt=0.0, lt=1.0)
     clip_high: float = Field(0.28, gt=0.0, le=10.0)
@@ -179,6 +190,16 @@ class RlConfig(Section):
         if self.mini_batch_trajectories % self.group_size:
             raise ValueError(f"mini_batch_trajectories={self.mini_batch_trajectories} must be a multiple of "
                              f"group_size={self.group_size} so that mini-batches hold whole groups")
+        low, high = self.keep_success_range
+        if not 0.0 <= low <= high <= 1.0:
+            raise ValueError(f"keep_success_range must be [low, high] with 0 <= low <= high <= 1, got {[low, high]}")
+        if self.train_groups is not None and self.max_rollouts < self.prompts_per_batch * self.group_size:
+            raise ValueError(f"max_rollouts={self.max_rollouts} is less than one batch (prompts_per_batch x group_size"
+                             f" = {self.prompts_per_batch * self.group_size})")
+        if self.prompt_order == "shuffle" and self.initial_states is None:
+            raise ValueError("prompt_order: shuffle permutes tasks x initial_states; set rl.initial_states")
+        if isinstance(self.max_steps, int) and self.max_steps < 1:
+            raise ValueError(f"rl.max_steps must be positive, got {self.max_steps}")
         return self
 
 

@@ -22,9 +22,12 @@ def describe_protocol(params: Params) -> str:
     ingest, rl = params.ingest, params.rl
     evaluated = range(params.eval.seed_start, params.eval.seed_start + params.eval.episodes_per_task)
     demos = range(ingest.seed_start, ingest.seed_start + 10 * ingest.episodes_per_task)  # the expert's attempt cap
-    rl_prompts = rl.initial_states or rl.iterations * rl.prompts_per_batch * (rl.max_refills + 1)
+    rl_prompts = rl.initial_states or rl.iterations * rl.prompts_per_batch * (
+        rl.max_rollouts // (rl.prompts_per_batch * rl.group_size) if rl.train_groups else rl.max_refills + 1)
     trained = range(rl.seed_start, rl.seed_start + rl_prompts)
     overlap = lambda states: max(states.start, evaluated.start) < min(states.stop, evaluated.stop)  # noqa: E731
     return (f"Greedy success rate per task on initial states {evaluated.start}..{evaluated.stop - 1}. "
             f"Demonstrations {'may share' if overlap(demos) else 'never used'} these states; RL "
-            f"{'trained on them too (as SimpleVLA-RL does)' if overlap(trained) else 'never saw them'}.")
+            f"{'trained on them too (as SimpleVLA-RL does)' if overlap(trained) else 'never saw them'}. "
+            f"Step limit: evaluation {params.env.max_steps}, RL rollouts "
+            f"{params.env.max_steps if rl.max_steps is None else rl.max_steps}.")

@@ -10,7 +10,7 @@ import fsspec
 from prefect import task
 
 from svrl_core.algos.grpo_trainer import train_grpo
-from svrl_core.config import Params
+from svrl_core.config import EnvConfig, Params
 from svrl_core.io import join
 from svrl_core.policies import VLAPolicy
 from tasks.cluster import env_pool
@@ -26,10 +26,17 @@ def run_fingerprint(params: Params) -> str:
     return hashlib.sha256(config.encode()).hexdigest()
 
 
+def rl_env_config(params: Params) -> EnvConfig:
+    """The env RL rolls out in: the shared env, with RL's own step limit when it has one."""
+    if params.rl.max_steps is None:
+        return params.env
+    return EnvConfig.model_validate({**params.env.model_dump(), "max_steps": params.rl.max_steps})
+
+
 @task(tags=["envs"])
 def train_rl_policy(params: Params, on_iteration: Callable[[dict], None]) -> list[dict]:
     policy = VLAPolicy.load(params.paths.sft_model)
-    with env_pool(params.env, params.compute) as pool:
+    with env_pool(rl_env_config(params), params.compute) as pool:
         history = train_grpo(policy, pool, list(params.env.tasks), params.rl, on_iteration,
                              state_dir=params.paths.rl_state, fingerprint=run_fingerprint(params),
                              engine_overrides=engine_overrides(params))

@@ -194,6 +194,87 @@ def test_without_dynamic_sampling_every_group_trains(monkeypatch, tiny_params):
     assert len(kept) == 4 and info["refills"] == 0 and info["kept_group_fraction"] == 0.5
 
 
+def fixed_batch(tiny_params, **changes):
+    return tiny_params.rl.model_copy(update={"prompts_per_batch": 2, "group_size": 2, "train_groups": 3,
+                                             "max_rollouts": 16, "mini_batch_trajectories": 2, **changes})
+
+
+def test_fixed_batch_refills_until_reached_and_drops_the_surplus(monkeypatch, tiny_params):
+    # batch 1 keeps group 0; batch 2 none; batch 3 keeps groups 4 and 5 (three reached: stop)
+    scripted_batches(monkeypatch, [[1, 0, 1, 1], [0, 0, 0, 0], [1, 0, 0, 1]])
+    kept, info = collect_mixed_groups(None, None, PromptSampler(["red"], 0), fixed_batch(tiny_params), None,
+                                      RolloutStats())
+    assert [t.request.group for t in kept] == [0, 0, 4, 4, 5, 5]
+    assert info["trained_groups"] == 3 and info["dropped_groups"] == 0 and info["episodes"] == 12
+    scripted_batches(monkeypatch, [[1, 0, 0, 1], [1, 0, 1, 0]])  # four kept groups: the fourth is dropped
+    kept, info = collect_mixed_groups(None, None, PromptSampler(["red"], 0), fixed_batch(tiny_params), None,
+                                      RolloutStats())
+    assert [t.request.group for t in kept] == [0, 0, 1, 1, 2, 2] and info["dropped_groups"] == 1
+
+
+def test_fixed_batch_skips_a_short_batch_and_says_why(monkeypatch, tiny_params, caplog):
+    scripted_batches(monkeypatch, [[1, 0, 1, 1], [0, 0, 0, 0]])  # 8 trajectories = max_rollouts, one group kept
+    with caplog.at_level(logging.WARNING, logger="svrl"):
+        kept, info = collect_mixed_groups(None, None, PromptSampler(["red"], 0),
+                                          fixed_batch(tiny_params, max_rollouts=8), None, RolloutStats())
+    assert kept == [] and info["short_batch"] and info["trained_groups"] == 0 and info["episodes"] == 8
+    assert "only 1 of rl.train_groups=3 kept groups within rl.max_rollouts=8" in caplog.text
+    assert "raise rl.max_rollouts or lower rl.train_groups" in caplog.text
+
+
+def test_group_filter_keeps_success_rates_inside_the_range():
+    from svrl_core.algos.grpo import keep_mixed_groups
+
+    rewards = torch.zeros(4, 16)
+    for group, successes in enumerate([1, 2, 14, 15]):  # rates 0.0625, 0.125, 0.875, 0.9375
+        rewards[group, :successes] = 1
+    assert keep_mixed_groups(rewards.flatten(), 16, 0.1, 0.9).tolist() == [False, True, True, False]
+    assert keep_mixed_groups(rewards.flatten(), 16).tolist() == [True, True, True, True]  # mixed only
+    eight = torch.tensor([1.0] + [0.0] * 7 + [1.0] * 7 + [0.0])  # G = 8: the range keeps what mixed-only keeps
+    assert keep_mixed_groups(eight, 8, 0.1, 0.9).tolist() == [True, True]
+
+
+def test_shuffled_prompts_are_seeded_cover_every_prompt_each_pass_and_resume():
+    def prompts(sampler, n):
+        return [(r.task, r.seed) for r in sampler.next_requests(n, 1)]
+
+    tasks = ["a", "b", "c"]
+    first = prompts(PromptSampler(tasks, 10, initial_states=4, shuffle_seed=7), 24)
+    assert first == prompts(PromptSampler(tasks, 10, initial_states=4, shuffle_seed=7), 24)
+    assert first != prompts(PromptSampler(tasks, 10, initial_states=4, shuffle_seed=8), 24)
+    every = {(task, seed) for task in tasks for seed in range(10, 14)}
+    assert set(first[:12]) == every and set(first[12:]) == every and first[:12] != first[12:]
+    assert first[:12] != sorted(first[:12])
+    resumed = PromptSampler(tasks, 10, cursor=17, initial_states=4, shuffle_seed=7)  # the cursor is the state
+    assert prompts(resumed, 7) == first[17:]
+
+
+def test_shuffle_needs_a_finite_prompt_set_and_the_rl_step_limit_is_its_own(tiny_params):
+    from svrl_core.config import ConfigError, parse_params
+    from tasks.rl import rl_env_config
+
+    with pytest.raises(ConfigError, match="set rl.initial_states"):
+        parse_params({"rl": {"prompt_order": "shuffle"}})
+    params = parse_params({"env": {"family": "libero", "max_steps": "oft"}, "rl": {"max_steps": "simplevla"}})
+    assert rl_env_config(params).max_steps == "simplevla" and params.env.max_steps == "oft"
+    assert rl_env_config(parse_params({})).max_steps == parse_params({}).env.max_steps
+    with pytest.raises(Exception, match="presets"):  # the toy env has no presets, for RL either
+        rl_env_config(parse_params({"rl": {"max_steps": "oft"}}))
+
+
+def test_rl_rollouts_stop_at_the_rl_step_limit(tiny_policy, tiny_params):
+    from tasks.rl import rl_env_config
+
+    from svrl_core.rollout import run_episodes
+
+    params = tiny_params.model_copy(update={"rl": tiny_params.rl.model_copy(update={"max_steps": 3})})
+    requests = PromptSampler(["red", "blue"], 0).next_requests(4, 4)
+    steps = {env_cfg.max_steps: [t.steps for t in run_episodes(tiny_policy, LocalEnvPool(env_cfg, 8), requests, 1.6,
+                                                             torch.Generator().manual_seed(0), RolloutStats())]
+             for env_cfg in (params.env, rl_env_config(params))}
+    assert max(steps[3]) == 3 and max(steps[16]) > 3  # eval keeps env.max_steps = 16
+
+
 @pytest.mark.parametrize("config", ["zero2_bf16.json", "zero3_bf16.json"])
 def test_sft_with_the_multi_gpu_configs(tiny_params, tiny_dataset, tmp_path, config):
     """The multi-GPU DeepSpeed configs shipped in infra/ run here too (one CPU process, gloo)."""

@@ -27,10 +27,11 @@ def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return ((grouped - mean) / (std + ADVANTAGE_EPS)).view(-1)
 
 
-def keep_mixed_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """rewards (N,) -> (n_groups,) bool: True where the group has both successes and failures."""
-    rate = rewards.float().view(-1, group_size).mean(dim=1)
-    return (rate > 0) & (rate < 1)
+def keep_mixed_groups(rewards: torch.Tensor, group_size: int, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+    """rewards (N,) -> (n_groups,) bool: True where the group has both successes and failures and its
+    success rate lies in [low, high] (SimpleVLA-RL keeps [0.1, 0.9]; equal to mixed-only for G <= 10)."""
+    rate = rewards.float().view(-1, group_size).mean(dim=1)  # (n_groups,)
+    return (rate > 0) & (rate < 1) & (rate >= low) & (rate <= high)
 
 
 def aggregate_tokens(values: torch.Tensor, mask: torch.Tensor, mode: LossAggregation) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -24,36 +25,65 @@ INFERENCE_BATCH = 512
 
 @dataclass
 class PromptSampler:
-    """Hands out (task, initial state) prompts in a fixed order, from `seed_start` on."""
+    """Hands out (task, initial state) prompts from `seed_start` on. The cursor alone is the state,
+    so a resumed run continues the same sequence.
+
+    In order: tasks round robin, states cycling over `initial_states` (None: a new state every
+    prompt). Shuffled (`shuffle_seed` set, as SimpleVLA-RL's dataloader): each pass over the
+    tasks x initial_states prompts is a fresh permutation drawn from (shuffle_seed, pass)."""
 
     tasks: list[str]
     seed_start: int
     cursor: int = 0
-    initial_states: int | None = None  # cycle over this many states per task; None: a new state every prompt
+    initial_states: int | None = None
+    shuffle_seed: int | None = None
+
+    def prompt(self, index: int) -> tuple[str, int]:
+        """The index-th prompt: (task, initial state)."""
+        if self.shuffle_seed is not None:
+            n_prompts = len(self.tasks) * self.initial_states
+            epoch, position = divmod(index, n_prompts)
+            index = int(np.random.default_rng([self.shuffle_seed, epoch]).permutation(n_prompts)[position])
+        task = self.tasks[index % len(self.tasks)]
+        if self.initial_states is None:
+            return task, self.seed_start + index
+        return task, self.seed_start + (index // len(self.tasks)) % self.initial_states
 
     def next_requests(self, n_prompts: int, group_size: int) -> list[EpisodeRequest]:
         requests = []
         for _ in range(n_prompts):
-            task = self.tasks[self.cursor % len(self.tasks)]
-            if self.initial_states is None:
-                seed = self.seed_start + self.cursor
-            else:
-                seed = self.seed_start + (self.cursor // len(self.tasks)) % self.initial_states
+            task, seed = self.prompt(self.cursor)
             requests += [EpisodeRequest(task, seed, group=self.cursor)] * group_size
             self.cursor += 1
         return requests
 
 
+def prompt_sampler(tasks: list[str], cfg: RlConfig) -> PromptSampler:
+    shuffle_seed = cfg.seed if cfg.prompt_order == "shuffle" else None
+    return PromptSampler(tasks, cfg.seed_start, initial_states=cfg.initial_states, shuffle_seed=shuffle_seed)
+
+
+def may_refill(cfg: RlConfig, attempt: int, episodes: int) -> bool:
+    """Another rollout batch? The fixed batch is capped by trajectories, the earlier one by refills."""
+    if cfg.train_groups is None:
+        return attempt <= cfg.max_refills
+    return episodes + cfg.prompts_per_batch * cfg.group_size <= cfg.max_rollouts
+
+
 def collect_mixed_groups(policy: VLAPolicy, pool: EnvPool, sampler: PromptSampler, cfg: RlConfig,
                          generator: torch.Generator, stats: RolloutStats) -> tuple[list[Trajectory], dict]:
-    """Roll out batches until `min_valid_groups` groups have mixed rewards (or refills run out)."""
+    """Roll out batches until enough groups are kept: exactly `train_groups` (surplus dropped, nothing
+    if max_rollouts runs out first), or without it at least `min_valid_groups` (or refills run out)."""
     kept: list[Trajectory] = []
     n_groups = n_mixed = n_success = n_episodes = refills = 0
-    for attempt in range(cfg.max_refills + 1):
+    target = (cfg.train_groups or cfg.min_valid_groups) * cfg.group_size
+    for attempt in itertools.count():
+        if not may_refill(cfg, attempt, n_episodes):
+            break
         requests = sampler.next_requests(cfg.prompts_per_batch, cfg.group_size)
         trajectories = run_episodes(policy, pool, requests, cfg.temperature, generator, stats)
         rewards = torch.tensor([float(t.success) for t in trajectories])
-        mixed = keep_mixed_groups(rewards, cfg.group_size)  # (n_groups,)
+        mixed = keep_mixed_groups(rewards, cfg.group_size, *cfg.keep_success_range)  # (n_groups,)
         for g in torch.nonzero(mixed).flatten().tolist():
             kept += trajectories[g * cfg.group_size:(g + 1) * cfg.group_size]
         n_groups += len(mixed)
@@ -64,10 +94,19 @@ def collect_mixed_groups(policy: VLAPolicy, pool: EnvPool, sampler: PromptSample
         if not cfg.dynamic_sampling:  # ablation: train on every group, all-equal ones with zero advantage
             kept = trajectories if n_mixed else []
             break
-        if len(kept) >= cfg.min_valid_groups * cfg.group_size:
+        if len(kept) >= target:
             break
     info = {"success_rate": n_success / n_episodes, "kept_group_fraction": n_mixed / n_groups,
             "refills": refills, "episodes": n_episodes}
+    if cfg.train_groups is not None and cfg.dynamic_sampling:
+        info["trained_groups"] = cfg.train_groups if len(kept) >= target else 0
+        info["dropped_groups"] = max(0, len(kept) - target) // cfg.group_size
+        if len(kept) < target:
+            logger.warning("rl: only %d of rl.train_groups=%d kept groups within rl.max_rollouts=%d trajectories: "
+                           "update skipped (raise rl.max_rollouts or lower rl.train_groups)",
+                           len(kept) // cfg.group_size, cfg.train_groups, cfg.max_rollouts)
+            info["short_batch"] = True
+        kept = kept[:target] if len(kept) >= target else []
     return kept, info
 
 
@@ -172,6 +211,8 @@ def grpo_iteration(policy: VLAPolicy, pool: EnvPool, trainer: DeepSpeedTrainer, 
     if kept:
         began = time.monotonic()
         row.update(grpo_update(policy, trainer, kept, cfg, rng), update_time_s=time.monotonic() - began)
+    elif row.get("short_batch"):
+        pass  # collect_mixed_groups said why
     else:
         logger.warning("rl iteration %d: no group had mixed rewards (success rate %.3f over %d episodes): %s",
                        iteration, row["success_rate"], row["episodes"], why_nothing_to_learn(row["success_rate"]))
@@ -188,7 +229,7 @@ def train_grpo(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: RlConfig
     with the same fingerprint resumes from it, giving the same metrics as an uninterrupted run.
     """
     torch.manual_seed(cfg.seed)
-    sampler, history = PromptSampler(tasks, cfg.seed_start, initial_states=cfg.initial_states), []
+    sampler, history = prompt_sampler(tasks, cfg), []
     saved = load_training_state(state_dir, fingerprint) if state_dir else None
     if saved:  # weights first: ZeRO builds its partitions from them when the engine starts
         policy.model.load_state_dict(saved.policy.model.state_dict())
