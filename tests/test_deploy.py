@@ -14,6 +14,7 @@ from websockets.sync.client import connect
 from svrl_core.deploy import (ChunkRunner, ControlConfig, PolicyClient, PolicyServer, RequestRejected, ServeConfig,
                               ServerThread, ServerUnreachable, SimulatedRobot)
 from svrl_core.deploy.wire import WireError, pack, unpack
+from svrl_core.envs.base import Obs
 from svrl_core.envs.toy import ToyReachEnv
 from svrl_core.export import BundleError, BundlePolicy, export_bundle
 
@@ -237,6 +238,14 @@ def test_the_robot_gives_up_held_when_the_server_never_returns(bundle_dir, tiny_
     runner = ChunkRunner(robot, client, ControlConfig(rate_hz=0, reconnect_first_s=0.05, give_up_after_s=0.3))
     with pytest.raises(ServerUnreachable, match="gave up after 0.3s with the robot held"):
         runner.run(max_steps=4)
+    assert robot.holds >= 1
+
+
+def test_a_rejected_request_stops_the_run_with_the_robot_held(server, client, tiny_params):
+    robot = SimulatedRobot(ToyReachEnv(tiny_params.env), "red", 0)
+    robot.observe = lambda: Obs({"main": np.zeros((8, 8, 3), np.uint8)}, np.zeros(2, np.float32), "x")  # a bad camera
+    with pytest.raises(RequestRejected, match=r"\(422\).*shape \(32, 32, 3\)"):
+        ChunkRunner(robot, client).run(max_steps=4)
     assert robot.holds == 1
 
 

@@ -76,6 +76,15 @@ class ChunkRunner:
                 wait = min(2 * wait, self.cfg.reconnect_max_s)
 
     def run(self, max_steps: int) -> ControlReport:
+        """Drive the robot; whatever ends the run early (a rejected request, the server gone for good,
+        a robot error), the robot is told to hold before the error propagates."""
+        try:
+            return self._drive(max_steps)
+        except Exception:
+            self.robot.hold()
+            raise
+
+    def _drive(self, max_steps: int) -> ControlReport:
         report, queue, pending = ControlReport(), deque(), None
         if self.client.metadata is None:
             self.client.connect()
