@@ -60,7 +60,7 @@ def token_shape(policy: VLAPolicy, trajectories: list[Trajectory]) -> str:
                            for i in range(0, len(observations), 256)])  # (Q, K * D, n_bins)
     top = probs.topk(2, dim=-1)
     far = ((top.indices[..., 0] - top.indices[..., 1]).abs() > FAR_BINS) & (top.values[..., 1] >= 0.5 * top.values[..., 0])
-    per_dim = far.view(len(far), -1, policy.cfg.action_dim).float().mean(dim=(0, 1))  # (D,)
+    per_dim = far.view(len(far), -1, policy.action_dim).float().mean(dim=(0, 1))  # (D,)
     return (f"argmax prob mean {top.values[..., 0].mean():.3f}, far runner-up with >= half its prob "
             f"{far.float().mean():.3f} (per action dim {' '.join(f'{v:.3f}' for v in per_dim)})")
 

@@ -65,7 +65,7 @@ def policy_rollouts(policy, pool, requests, temperature: float) -> tuple[float, 
 def full_length_rollouts(policy, pool, requests, temperature: float, max_steps: int) -> float:
     """Wall seconds when every env is queried and stepped until the step limit, done or not."""
     generator, began = torch.Generator().manual_seed(0), time.monotonic()
-    k = policy.cfg.chunk_size
+    k = policy.chunk_size
     for start in range(0, len(requests), pool.capacity):
         wave = requests[start:start + pool.capacity]
         slots = list(range(len(wave)))
@@ -90,7 +90,7 @@ def main() -> None:
     max_steps = probe.max_steps  # a number, also for presets such as "oft"
     probe.close()
     requests = requests_for(tasks, args.episodes, params.rl.seed_start)
-    k, d = policy.cfg.chunk_size, policy.cfg.action_dim
+    k, d = policy.chunk_size, policy.action_dim
     results = {}
     for n_workers in (1, 2):
         compute = params.compute.model_copy(update={"n_workers": n_workers, "scheduler_address": None})

@@ -72,9 +72,33 @@ class EnvConfig(Section):
         return self
 
 
-class PolicyConfig(Section):
-    """TinyVLA architecture and action tokenization."""
+class OftPolicyConfig(Section):
+    """OpenVLA-OFT (policy.family: openvla-oft): where it starts and how it runs."""
 
+    size: Literal["tiny", "7b"] = Field("tiny", description="fresh layout when no checkpoint: tiny for CPU; 7b "
+                                        "needs a checkpoint")
+    checkpoint: str | None = Field(None, description="a local OpenVLA / OpenVLA-OFT / svrl checkpoint directory "
+                                   "(config.json, safetensors, dataset_statistics.json, tokenizer.json)")
+    unnorm_key: str | None = Field(None, description="use this dataset's statistics from the checkpoint; None: "
+                                   "the demonstrations' own (fine-tuning)")
+    cameras: list[str] | None = Field(None, min_length=1, max_length=2, description="input cameras (OFT: third "
+                                      "person, then wrist); None: the demonstrations' first")
+    use_proprio: bool = Field(False, description="one proprio token after the image patches (OFT on RoboTwin)")
+    image_size: int | None = Field(None, ge=16, le=1024, description="tiny: tower input size (None: the env's); "
+                                   "a checkpoint fixes its own (224)")
+    max_prompt_tokens: int | None = Field(None, ge=8, le=1024, description="prompt tokens per instruction, "
+                                          "padded; None: 48 with a checkpoint's Llama tokenizer, 160 with tiny's "
+                                          "byte tokenizer")
+    center_crop: float = Field(1.0, gt=0.0, le=1.0, description="image area kept, centred (OFT's LIBERO: 0.9)")
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    gradient_checkpointing: bool = False
+
+
+class PolicyConfig(Section):
+    """The policy family, its architecture and the action tokenization."""
+
+    family: Literal["tiny-vla", "openvla-oft"] = Field("tiny-vla", description="see svrl_core/policies/registry.py")
+    oft: OftPolicyConfig = Field(default_factory=OftPolicyConfig)
     chunk_size: int = Field(4, ge=1, le=64, description="K actions predicted per forward pass")
     n_bins: int = Field(256, ge=2, le=1024)
     conv_channels: int = Field(32, ge=4, le=512)

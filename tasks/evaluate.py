@@ -15,6 +15,6 @@ def evaluate_checkpoint(params: Params, model_dir: str, videos_dir: str) -> dict
     policy = VLAPolicy.load(model_dir)
     with env_pool(params.env, params.compute) as pool:
         table, trajectories = evaluate_policy(policy, pool, list(params.eval.tasks or params.env.tasks), params.eval)
-    gifs = save_episode_gifs(trajectories, videos_dir, params.eval.n_videos, policy.cfg.camera)
+    gifs = save_episode_gifs(trajectories, videos_dir, params.eval.n_videos, policy.camera)
     table["videos"] = [str(p) for p in gifs]  # local paths or URLs
     return table

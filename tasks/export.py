@@ -34,7 +34,7 @@ def export_policy(params: Params) -> dict:
     with local_directory(params.paths.export) as local:
         bundle = BundlePolicy(local)
         size = sum(f.stat().st_size for f in local.rglob("*") if f.is_file())
-    got = bundle.act_batch(np.stack([o.images[policy.cfg.camera] for o in observations]),
+    got = bundle.act_batch(np.stack([o.images[policy.camera] for o in observations]),
                            np.stack([o.proprio for o in observations]), [o.instruction for o in observations])
     max_diff = float(np.abs(got - expected).max())
     if max_diff != 0.0:

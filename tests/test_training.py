@@ -35,9 +35,9 @@ def test_sft_loss_falls_at_every_step_on_one_batch_through_deepspeed(tiny_params
     Measured: every one of 60 steps lowered it by at least 0.004 (of ~3.5) in all 10 runs; final/first 0.37-0.43."""
     policy = new_policy(tiny_params.policy, tiny_dataset, seed=0)
     batch = next(iterate_chunk_batches(tiny_dataset, tiny_dataset.tasks, 4, 32, np.random.default_rng(0)))
-    inputs = policy.prepare_arrays(batch.images[policy.cfg.camera], batch.states, batch.instructions)
+    inputs = policy.prepare_arrays(batch.images, batch.states, batch.instructions)
     targets = torch.from_numpy(policy.actions.encode(batch.actions)).flatten(1)  # (B, K * D)
-    mask = torch.from_numpy(np.repeat(batch.action_mask, policy.cfg.action_dim, axis=1))  # (B, K * D)
+    mask = torch.from_numpy(np.repeat(batch.action_mask, policy.action_dim, axis=1))  # (B, K * D)
     trainer = DeepSpeedTrainer(policy.model, lr=3e-3, weight_decay=0.0, grad_clip=1.0, batch_size=32)
     policy.model.train()
     losses = []

@@ -33,15 +33,14 @@ def train_sft(policy: VLAPolicy, data: DemoDataset, instructions: list[str], cfg
                                engine_overrides)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     rng = np.random.default_rng(cfg.seed if world == 1 else [cfg.seed, rank])  # each rank its own batches
-    batches = iterate_chunk_batches(data, instructions, policy.cfg.chunk_size, cfg.batch_size, rng)
+    batches = iterate_chunk_batches(data, instructions, policy.chunk_size, cfg.batch_size, rng)
     progress, history, start = Progress("sft", cfg.steps, "steps"), [], time.monotonic()
-    camera = policy.cfg.camera
     policy.model.train()
     for step in range(1, cfg.steps + 1):
         batch = next(batches)
-        inputs = policy.prepare_arrays(batch.images[camera], batch.states, batch.instructions)
+        inputs = policy.prepare_arrays(batch.images, batch.states, batch.instructions)
         targets = torch.from_numpy(policy.actions.encode(batch.actions)).flatten(1)  # (B, K * D)
-        mask = torch.from_numpy(np.repeat(batch.action_mask, policy.cfg.action_dim, axis=1))  # (B, K * D)
+        mask = torch.from_numpy(np.repeat(batch.action_mask, policy.action_dim, axis=1))  # (B, K * D)
         loss, metrics = sft_loss(trainer.forward(inputs), targets, mask)
         metrics["grad_norm"] = trainer.backward_step(loss)
         if step % cfg.log_every == 0 or step == cfg.steps:

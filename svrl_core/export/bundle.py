@@ -9,12 +9,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from svrl_core.export.runtime import MANIFEST, file_sha256
 from svrl_core.io import atomic_directory, write_json_atomic
 from svrl_core.policies import PolicyInputs, VLAPolicy
-from svrl_core.policies.policy import STATE_EPS
 
 BUNDLE_FORMAT = "svrl-bundle-v1"
 MANIFEST_FORMAT = "svrl-bundle-manifest-v1"
@@ -32,18 +32,17 @@ class _TensorInterface(torch.nn.Module):
 
 
 def bundle_spec(policy: VLAPolicy, name: str, action_names: list[str] | None = None) -> dict:
-    cfg = policy.cfg
-    if action_names is not None and len(action_names) != cfg.action_dim:
-        raise ValueError(f"export: {len(action_names)} action names for a {cfg.action_dim}-D action")
+    if action_names is not None and len(action_names) != policy.action_dim:
+        raise ValueError(f"export: {len(action_names)} action names for a {policy.action_dim}-D action")
+    if len(policy.cameras) != 1:
+        raise ValueError(f"export: bundles take one camera, this policy reads {list(policy.cameras)}")
+    height, width = policy.image_shape
     return {
-        "format": BUNDLE_FORMAT, "name": name, "architecture": cfg.to_dict(),
-        "inputs": {"camera": cfg.camera, "proprio_dim": cfg.state_dim, "instruction": "text"},
-        "preprocessing": {
-            "image_height": cfg.image_shape[0], "image_width": cfg.image_shape[1], "image_layout": "HWC uint8 RGB, upright",
-            "state_mean": policy.state_mean.tolist(), "state_std": policy.state_std.tolist(), "state_eps": STATE_EPS,
-            "instruction_encoding": "utf-8 bytes + 1, zero padded", "max_instruction_bytes": cfg.max_instruction_bytes,
-        },
-        "postprocessing": {"decoding": "argmax", "chunk_size": cfg.chunk_size, "action_dim": cfg.action_dim,
+        "format": BUNDLE_FORMAT, "name": name, "family": policy.family, "architecture": policy.architecture(),
+        "inputs": {"camera": policy.camera, "proprio_dim": policy.state_dim, "instruction": "text"},
+        "preprocessing": {"image_height": height, "image_width": width, "image_layout": "HWC uint8 RGB, upright",
+                          **policy.bundle_preprocessing()},
+        "postprocessing": {"decoding": "argmax", "chunk_size": policy.chunk_size, "action_dim": policy.action_dim,
                            "action_names": action_names, **policy.actions.to_dict()},
         "dataset_statistics": policy.dataset_stats,
     }
@@ -62,18 +61,21 @@ def export_bundle(policy: VLAPolicy, directory: str | Path, name: str, provenanc
                   action_names: list[str] | None = None) -> None:
     """Write the bundle atomically: policy.pt2, bundle.json, runtime.py, the svrl checkpoint,
     provenance.json, and last the manifest of them all."""
-    cfg = policy.cfg
     example = policy.prepare_arrays(
-        torch.zeros(2, *cfg.image_shape, 3, dtype=torch.uint8).numpy(),
-        torch.zeros(2, cfg.state_dim).numpy(), ["example instruction", "another"])
+        {policy.camera: np.zeros((2, *policy.image_shape, 3), dtype=np.uint8)},
+        np.zeros((2, policy.state_dim), dtype=np.float32), ["example instruction", "another"])
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.export.export(
         _TensorInterface(policy).eval(), (example.images, example.states, example.instruction_ids),
         dynamic_shapes=({0: batch}, {0: batch}, {0: batch}))
+    spec = bundle_spec(policy, name, action_names)
     with atomic_directory(directory) as staging:
         torch.export.save(program, str(staging / "policy.pt2"))
-        write_json_atomic(staging / "bundle.json", bundle_spec(policy, name, action_names))
+        write_json_atomic(staging / "bundle.json", spec)
         write_json_atomic(staging / "provenance.json", provenance or {})
         shutil.copy(Path(__file__).with_name("runtime.py"), staging / "runtime.py")
         policy.save(staging / "checkpoint")
+        tokenizer = spec["preprocessing"].get("tokenizer_file")
+        if tokenizer:  # the runtime reads it beside bundle.json
+            shutil.copy(staging / "checkpoint" / tokenizer, staging / tokenizer)
         write_manifest(staging, name)

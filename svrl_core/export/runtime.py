@@ -1,6 +1,7 @@
 """Robot-side runtime of an exported svrl policy bundle.
 
-This file is copied into every bundle and needs only numpy and torch: no svrl code.
+This file is copied into every bundle and needs only numpy and torch (and `tokenizers` for
+an OpenVLA-OFT bundle, whose instructions become Llama tokens): no svrl code.
 
     policy = BundlePolicy("path/to/bundle")
     chunk = policy.act(image, proprio, "move to the red disc")  # (K, D) actions to execute
@@ -54,7 +55,8 @@ def read_manifest(directory: str | Path) -> dict:
 
 class BundlePolicy:
     def __init__(self, directory: str | Path):
-        directory = Path(directory)
+        self.directory = directory = Path(directory)
+        self._tokenizer = None
         self.manifest = read_manifest(directory)
         self.spec = json.loads((directory / "bundle.json").read_text())
         self.net = torch.export.load(str(directory / "policy.pt2")).module()
@@ -65,20 +67,56 @@ class BundlePolicy:
         if images.shape[1:] != (pre["image_height"], pre["image_width"], 3) or images.dtype != np.uint8:
             raise ValueError(f"expected uint8 images (B, {pre['image_height']}, {pre['image_width']}, 3), "
                              f"got {images.dtype} {images.shape}")
-        states = (np.asarray(proprio, np.float32) - np.asarray(pre["state_mean"], np.float32)) / (
-            np.asarray(pre["state_std"], np.float32) + pre["state_eps"])
+        image_tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+        states = self._normalize_state(np.asarray(proprio, np.float64), pre)
+        return image_tensor, torch.from_numpy(states.astype(np.float32)), torch.from_numpy(self._encode(instructions))
+
+    @staticmethod
+    def _normalize_state(proprio: np.ndarray, pre: dict) -> np.ndarray:
+        if pre.get("state_normalization", "mean_std") == "mean_std":
+            return (proprio - np.asarray(pre["state_mean"], np.float32)) / (
+                np.asarray(pre["state_std"], np.float32) + pre["state_eps"])
+        low, high = np.asarray(pre["state_low"]), np.asarray(pre["state_high"])  # q01 -> -1, q99 -> 1
+        return np.clip(2.0 * (proprio - low) / np.where(high > low, high - low, 1.0) - 1.0, -1.0, 1.0)
+
+    def _encode(self, instructions: list[str]) -> np.ndarray:
+        pre = self.spec["preprocessing"]
+        if pre["instruction_encoding"] == "openvla-prompt":
+            return self._openvla_prompt_ids(instructions, pre)
         ids = np.zeros((len(instructions), pre["max_instruction_bytes"]), dtype=np.int64)
         for row, text in enumerate(instructions):
             raw = np.frombuffer(text.encode("utf-8")[: pre["max_instruction_bytes"]], dtype=np.uint8)
             ids[row, : len(raw)] = raw.astype(np.int64) + 1
-        image_tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
-        return image_tensor, torch.from_numpy(states.astype(np.float32)), torch.from_numpy(ids)
+        return ids
+
+    def _openvla_prompt_ids(self, instructions: list[str], pre: dict) -> np.ndarray:
+        """[BOS] [pad ...] prompt [space] [action placeholders] [stop], as svrl trained it."""
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
+
+            self._tokenizer = Tokenizer.from_file(str(self.directory / pre["tokenizer_file"]))
+        width = pre["max_prompt_tokens"]
+        ids = np.full((len(instructions), width + pre["n_action_tokens"] + 1), pre["pad_token_id"], dtype=np.int64)
+        ids[:, width:-1], ids[:, -1] = pre["placeholder_token_id"], pre["stop_token_id"]
+        for row, text in enumerate(instructions):
+            prompt = self._tokenizer.encode(pre["prompt"].format(instruction=text.lower()), add_special_tokens=False).ids
+            if pre["space_token_id"] is not None and prompt[-1:] != [pre["space_token_id"]]:
+                prompt.append(pre["space_token_id"])
+            if len(prompt) + 1 > width:
+                raise ValueError(f"instruction {text!r} is {len(prompt) + 1} tokens, the bundle takes {width}")
+            ids[row, 0] = pre["bos_token_id"]
+            ids[row, width - len(prompt):width] = prompt
+        return ids
 
     def bins_to_actions(self, bins: np.ndarray) -> np.ndarray:
         """(B, K, D) bins -> (B, K, D) actions: bin centre, then undo the q01/q99 scaling."""
         post = self.spec["postprocessing"]
-        edges = np.linspace(-1.0, 1.0, post["n_bins"] + 1)
-        normalized = ((edges[:-1] + edges[1:]) / 2)[bins]
+        if post.get("binning", "uniform") == "openvla":  # 256 edges, 255 centres; the top bin decodes as the one below
+            edges = np.linspace(-1.0, 1.0, post["n_bins"])
+            normalized = ((edges[:-1] + edges[1:]) / 2)[np.minimum(bins, post["n_bins"] - 2)]
+        else:
+            edges = np.linspace(-1.0, 1.0, post["n_bins"] + 1)
+            normalized = ((edges[:-1] + edges[1:]) / 2)[bins]
         low, high = np.asarray(post["low"]), np.asarray(post["high"])
         scaled = (normalized + 1.0) / 2.0 * (high - low) + low
         return np.where(np.asarray(post["normalize_mask"], bool), scaled, normalized).astype(np.float32)

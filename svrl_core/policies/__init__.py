@@ -1,8 +1,10 @@
-"""Policies in action-bin space: tokenizer, TinyVLA, VLAPolicy."""
+"""Policies in action-bin space: the VLAPolicy contract, TinyVLA and OpenVLA-OFT families."""
 
-from svrl_core.policies.policy import CheckpointError, VLAPolicy, new_policy, token_log_probs
-from svrl_core.policies.tiny_vla import PolicyInputs, TinyVLA, TinyVLAConfig
+from svrl_core.policies.policy import CheckpointError, PolicyInputs, VLAPolicy, token_log_probs
+from svrl_core.policies.registry import FAMILIES, new_policy
+from svrl_core.policies.tiny_policy import TinyVLAPolicy
+from svrl_core.policies.tiny_vla import TinyVLA, TinyVLAConfig
 from svrl_core.policies.tokenizer import ActionTokenizer
 
-__all__ = ["ActionTokenizer", "CheckpointError", "PolicyInputs", "TinyVLA", "TinyVLAConfig", "VLAPolicy",
-           "new_policy", "token_log_probs"]
+__all__ = ["FAMILIES", "ActionTokenizer", "CheckpointError", "PolicyInputs", "TinyVLA", "TinyVLAConfig",
+           "TinyVLAPolicy", "VLAPolicy", "new_policy", "token_log_probs"]

@@ -1,28 +1,23 @@
-"""VLAPolicy: TinyVLA plus its tokenizers and normalization, in bin space 0..n_bins-1.
+"""VLAPolicy: the policy contract every stage uses, in bin space 0..n_bins-1.
 
-Contract (DESIGN.md): sample, log_probs (+ entropy), greedy, bins_to_actions, save/load.
-A checkpoint directory holds config.json, model.safetensors, tokenizer.json and
-norm_stats.json; loading it gives bit-identical outputs.
+Contract (DESIGN.md): prepare, sample, log_probs (+ entropy), greedy, bins_to_actions,
+save/load. Families (registry.py): TinyVLA (tiny_policy.py) and OpenVLA-OFT (openvla_oft/).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from torch import nn
 from torch.nn import functional as F
 
-from svrl_core.config import PolicyConfig
-from svrl_core.data import DemoDataset
 from svrl_core.envs.base import Obs
-from svrl_core.io import atomic_directory, local_directory, write_json_atomic
-from svrl_core.policies.text import encode_instructions
-from svrl_core.policies.tiny_vla import ARCHITECTURE, PolicyInputs, TinyVLA, TinyVLAConfig
+from svrl_core.io import local_directory
 from svrl_core.policies.tokenizer import ActionTokenizer
 
 STATE_EPS = 1e-6
@@ -54,35 +49,79 @@ def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = 
 
 
 @dataclass
+class PolicyInputs:
+    """Tensors one forward pass of any family takes (the exported bundle's three inputs)."""
+
+    images: torch.Tensor  # (B, 3 * cameras, H, W) uint8
+    states: torch.Tensor  # (B, S) float32, normalized
+    instruction_ids: torch.Tensor  # (B, L) int64: TinyVLA bytes + 1 (0 = pad), OpenVLA-OFT its token sequence
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def select(self, rows: torch.Tensor) -> "PolicyInputs":
+        return PolicyInputs(self.images[rows], self.states[rows], self.instruction_ids[rows])
+
+
 class VLAPolicy:
-    model: TinyVLA
+    """A VLA network in action-bin space, with its tokenizers and normalization.
+
+    A family implements the network (`model(inputs)` -> (B, K * D, n_bins) float32 logits,
+    the logits of all action tokens of a chunk from one forward pass), `prepare_arrays`,
+    `save`, `_load_local` and the shape properties. Sampling, log-probs and decoding are
+    shared, so RL treats every family alike. `VLAPolicy.load` picks the family from the
+    checkpoint.
+    """
+
+    family: ClassVar[str]
+    model: nn.Module
     actions: ActionTokenizer
-    state_mean: np.ndarray  # (S,)
-    state_std: np.ndarray  # (S,)
-    dataset_stats: dict
+
+    # --- shape of the action chunk and the inputs --------------------------------------
+    chunk_size: int
+    action_dim: int
+    cameras: tuple[str, ...]  # the env cameras the policy reads, in input order
 
     @property
-    def cfg(self) -> TinyVLAConfig:
-        return self.model.cfg
+    def camera(self) -> str:
+        """The main camera (videos, single-camera export)."""
+        return self.cameras[0]
+
+    @property
+    def n_bins(self) -> int:
+        return self.actions.n_bins
+
+    @property
+    def state_dim(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        """(H, W) of the camera images the policy takes."""
+        raise NotImplementedError
+
+    def architecture(self) -> dict:
+        """The network's configuration, as recorded in an exported bundle."""
+        raise NotImplementedError
+
+    def bundle_preprocessing(self) -> dict:
+        """How the bundle runtime turns proprio and instructions into the network's inputs."""
+        raise NotImplementedError
 
     # --- inputs ----------------------------------------------------------------------
-    def prepare_arrays(self, images: np.ndarray, states: np.ndarray, instructions: list[str]) -> PolicyInputs:
-        """images (B, H, W, 3) uint8, states (B, S), texts -> PolicyInputs."""
-        norm_states = (np.asarray(states, dtype=np.float32) - self.state_mean) / (self.state_std + STATE_EPS)
-        return PolicyInputs(
-            images=torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous(),
-            states=torch.from_numpy(norm_states.astype(np.float32)),
-            instruction_ids=torch.from_numpy(encode_instructions(instructions, self.cfg.max_instruction_bytes)),
-        )
+    def prepare_arrays(self, images: dict[str, np.ndarray], states: np.ndarray,
+                       instructions: list[str]) -> PolicyInputs:
+        """images {camera: (B, H, W, 3) uint8}, states (B, S), texts -> the network's inputs."""
+        raise NotImplementedError
 
     def prepare(self, observations: list[Obs]) -> PolicyInputs:
-        images = np.stack([o.images[self.cfg.camera] for o in observations])
+        images = {camera: np.stack([o.images[camera] for o in observations]) for camera in self.cameras}
         states = np.stack([o.proprio for o in observations])
         return self.prepare_arrays(images, states, [o.instruction for o in observations])
 
     # --- action distribution ---------------------------------------------------------
     def _chunk(self, flat: torch.Tensor) -> torch.Tensor:
-        return flat.view(-1, self.cfg.chunk_size, self.cfg.action_dim)  # (B, K, D)
+        return flat.view(-1, self.chunk_size, self.action_dim)  # (B, K, D)
 
     @torch.no_grad()
     def sample(self, inputs: PolicyInputs, temperature: float,
@@ -109,50 +148,35 @@ class VLAPolicy:
 
     # --- persistence -----------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
-        """Write the checkpoint atomically."""
-        with atomic_directory(directory) as staging:
-            save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, staging / "model.safetensors")
-            write_json_atomic(staging / "config.json", self.cfg.to_dict())
-            write_json_atomic(staging / "tokenizer.json", {
-                "instruction": {"type": "utf8-bytes-plus-one", "max_bytes": self.cfg.max_instruction_bytes, "pad": 0},
-                "action": self.actions.to_dict()})
-            write_json_atomic(staging / "norm_stats.json", {
-                "state_mean": self.state_mean.tolist(), "state_std": self.state_std.tolist(),
-                "dataset": self.dataset_stats})
+        """Write the checkpoint atomically; `load` gives bit-identical outputs."""
+        raise NotImplementedError
 
     @classmethod
     def load(cls, directory: str | Path) -> "VLAPolicy":
-        """Load a checkpoint directory (local, or a complete one at an fsspec URL)."""
+        """Load a checkpoint directory of any family (local, or a complete one at an fsspec URL)."""
         with local_directory(directory) as local:
+            if cls is VLAPolicy:
+                return family_of_checkpoint(local, directory)._load_local(local, directory)
             return cls._load_local(local, directory)
 
     @classmethod
     def _load_local(cls, directory: Path, name: str | Path) -> "VLAPolicy":
-        files = {name: directory / name for name in ("config.json", "model.safetensors", "tokenizer.json", "norm_stats.json")}
-        missing = [name for name, path in files.items() if not path.is_file()]
-        if missing:
-            raise CheckpointError(f"{name}: not a policy checkpoint, missing {missing}")
-        raw_cfg, tokenizer, norm = (_read_checkpoint_json(files[f], name)
-                                    for f in ("config.json", "tokenizer.json", "norm_stats.json"))
-        if raw_cfg.get("architecture") != ARCHITECTURE:
-            raise CheckpointError(f"{name}: architecture {raw_cfg.get('architecture')!r}, "
-                                  f"this code loads {ARCHITECTURE!r}")
-        try:
-            weights = load_file(files["model.safetensors"])
-        except (SafetensorError, OSError) as err:
-            raise CheckpointError(f"{name}/model.safetensors: unreadable or truncated ({err}); "
-                                  f"{restore_hint(name)}") from None
-        try:
-            model = TinyVLA(TinyVLAConfig(**raw_cfg))
-            model.load_state_dict(weights, strict=True)
-            return cls(model, ActionTokenizer.from_dict(tokenizer["action"]),
-                       np.asarray(norm["state_mean"], dtype=np.float32),
-                       np.asarray(norm["state_std"], dtype=np.float32), norm["dataset"])
-        except (TypeError, RuntimeError) as err:
-            raise CheckpointError(f"{name}: weights do not match config.json ({err})") from None
-        except (KeyError, ValueError) as err:
-            raise CheckpointError(f"{name}: tokenizer.json or norm_stats.json lacks or garbles {err}; "
-                                  f"{restore_hint(name)}") from None
+        raise NotImplementedError
+
+
+def family_of_checkpoint(directory: Path, name: str | Path) -> type[VLAPolicy]:
+    """The policy class whose checkpoint `directory` holds, from its config.json."""
+    from svrl_core.policies.registry import FAMILIES
+
+    config = directory / "config.json"
+    if not config.is_file():
+        raise CheckpointError(f"{name}: not a policy checkpoint, missing ['config.json']")
+    raw = read_checkpoint_json(config, name)
+    for family in FAMILIES.values():
+        if family.recognizes(raw):
+            return family
+    raise CheckpointError(f"{name}: architecture {raw.get('architecture', raw.get('model_type'))!r} is none that "
+                          f"this code loads ({sorted(FAMILIES)})")
 
 
 def restore_hint(path: str | Path) -> str:
@@ -160,25 +184,8 @@ def restore_hint(path: str | Path) -> str:
     return f"restore it with `dvc checkout {path}` or rerun the stage that writes it (`dvc repro`)"
 
 
-def _read_checkpoint_json(path: Path, name: str | Path) -> dict:
+def read_checkpoint_json(path: Path, name: str | Path) -> dict:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CheckpointError(f"{name}/{path.name}: corrupt JSON ({err}); {restore_hint(name)}") from None
-
-
-def new_policy(cfg: PolicyConfig, data: DemoDataset, seed: int) -> VLAPolicy:
-    """A freshly initialized TinyVLA sized for `data` (first camera, its state and action dims)."""
-    camera = next(iter(data.images))
-    state_stats = data.stats["observation.state"]
-    torch.manual_seed(seed)
-    model = TinyVLA(TinyVLAConfig(
-        image_size=data.images[camera].shape[1], image_width=data.images[camera].shape[2], state_dim=data.states.shape[1], action_dim=data.actions.shape[1],
-        chunk_size=cfg.chunk_size, n_bins=cfg.n_bins, conv_channels=cfg.conv_channels, n_keypoints=cfg.n_keypoints,
-        instruction_dim=cfg.instruction_dim, hidden_dim=cfg.hidden_dim,
-        max_instruction_bytes=cfg.max_instruction_bytes, camera=camera, trunk=cfg.trunk,
-        transformer_width=cfg.transformer_width, transformer_layers=cfg.transformer_layers,
-        transformer_heads=cfg.transformer_heads))
-    tokenizer = ActionTokenizer.from_stats(data.stats["action"], cfg.n_bins, tuple(cfg.unnormalized_action_dims))
-    return VLAPolicy(model.eval(), tokenizer, np.asarray(state_stats["mean"], dtype=np.float32),
-                     np.asarray(state_stats["std"], dtype=np.float32), data.stats)

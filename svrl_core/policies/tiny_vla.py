@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from svrl_core.policies.policy import PolicyInputs
 from svrl_core.policies.text import PAD, VOCAB_SIZE
 from svrl_core.policies.trunks import MlpTrunk, OftTransformerTrunk
 
@@ -52,21 +53,6 @@ class TinyVLAConfig:
     @property
     def n_action_tokens(self) -> int:
         return self.chunk_size * self.action_dim
-
-
-@dataclass
-class PolicyInputs:
-    """Tensors one forward pass needs."""
-
-    images: torch.Tensor  # (B, 3, H, W) uint8
-    states: torch.Tensor  # (B, S) float32, normalized
-    instruction_ids: torch.Tensor  # (B, L) int64, 0 = pad
-
-    def __len__(self) -> int:
-        return len(self.states)
-
-    def select(self, rows: torch.Tensor) -> "PolicyInputs":
-        return PolicyInputs(self.images[rows], self.states[rows], self.instruction_ids[rows])
 
 
 class InstructionEncoder(nn.Module):

@@ -1,13 +1,17 @@
-"""Action tokenizer: q01/q99 normalization to [-1, 1], then uniform bins (OpenVLA style).
+"""Action tokenizer: q01/q99 normalization to [-1, 1], then bins (OpenVLA style).
 
 Dimensions whose `normalize_mask` is False (grippers) are used as they are, clipped to
-[-1, 1], as OpenVLA leaves the gripper unnormalized. Unlike OpenVLA's 256 edges / 255
-centres, `n_bins` equal-width bins are used so every token decodes to its own centre.
+[-1, 1], as OpenVLA leaves the gripper unnormalized. Two binnings:
+- "uniform" (svrl's default): `n_bins` equal-width bins, every bin decodes to its own centre;
+- "openvla" (what OpenVLA / OpenVLA-OFT checkpoints were trained with): edges
+  linspace(-1, 1, n_bins), bin = digitize - 1, decoded to the n_bins - 1 centres between edges
+  (the top bin, reached only at exactly 1.0, decodes like the one below it).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -18,13 +22,15 @@ class ActionTokenizer:
     high: np.ndarray  # (D,) q99
     normalize_mask: np.ndarray  # (D,) bool
     n_bins: int = 256
+    binning: Literal["uniform", "openvla"] = "uniform"
 
     @classmethod
-    def from_stats(cls, action_stats: dict, n_bins: int, unnormalized_dims: tuple[int, ...] = ()) -> "ActionTokenizer":
+    def from_stats(cls, action_stats: dict, n_bins: int, unnormalized_dims: tuple[int, ...] = (),
+                   binning: Literal["uniform", "openvla"] = "uniform") -> "ActionTokenizer":
         low = np.asarray(action_stats["q01"], dtype=np.float64)
         mask = np.ones_like(low, dtype=bool)
         mask[list(unnormalized_dims)] = False
-        return cls(low, np.asarray(action_stats["q99"], dtype=np.float64), mask, n_bins)
+        return cls(low, np.asarray(action_stats["q99"], dtype=np.float64), mask, n_bins, binning)
 
     @property
     def action_dim(self) -> int:
@@ -32,8 +38,13 @@ class ActionTokenizer:
 
     @property
     def bin_centres(self) -> np.ndarray:
+        """(n_bins,) the normalized value each bin decodes to."""
+        if self.binning == "openvla":
+            edges = np.linspace(-1.0, 1.0, self.n_bins)
+            centres = (edges[:-1] + edges[1:]) / 2  # (n_bins - 1,)
+            return np.append(centres, centres[-1])
         edges = np.linspace(-1.0, 1.0, self.n_bins + 1)
-        return (edges[:-1] + edges[1:]) / 2  # (n_bins,)
+        return (edges[:-1] + edges[1:]) / 2
 
     def normalize(self, actions: np.ndarray) -> np.ndarray:
         """(..., D) actions -> (..., D) in [-1, 1]."""
@@ -48,7 +59,10 @@ class ActionTokenizer:
 
     def encode(self, actions: np.ndarray) -> np.ndarray:
         """(..., D) actions -> (..., D) int64 bins in [0, n_bins)."""
-        unit = (self.normalize(np.asarray(actions, dtype=np.float64)) + 1.0) / 2.0
+        normalized = self.normalize(np.asarray(actions, dtype=np.float64))
+        if self.binning == "openvla":
+            return (np.digitize(normalized, np.linspace(-1.0, 1.0, self.n_bins)) - 1).astype(np.int64)
+        unit = (normalized + 1.0) / 2.0
         return np.clip(np.floor(unit * self.n_bins), 0, self.n_bins - 1).astype(np.int64)
 
     def decode(self, bins: np.ndarray) -> np.ndarray:
@@ -60,9 +74,9 @@ class ActionTokenizer:
 
     def to_dict(self) -> dict:
         return {"low": self.low.tolist(), "high": self.high.tolist(),
-                "normalize_mask": self.normalize_mask.tolist(), "n_bins": self.n_bins}
+                "normalize_mask": self.normalize_mask.tolist(), "n_bins": self.n_bins, "binning": self.binning}
 
     @classmethod
     def from_dict(cls, spec: dict) -> "ActionTokenizer":
         return cls(np.asarray(spec["low"]), np.asarray(spec["high"]),
-                   np.asarray(spec["normalize_mask"], dtype=bool), int(spec["n_bins"]))
+                   np.asarray(spec["normalize_mask"], dtype=bool), int(spec["n_bins"]), spec.get("binning", "uniform"))

@@ -1,0 +1,255 @@
+"""OpenVLAOFTPolicy: OpenVLA-OFT behind the VLAPolicy contract, saved in OpenVLA's own layout.
+
+A checkpoint directory is what OpenVLA / OpenVLA-OFT release: config.json, safetensors
+(one file, or shards with model.safetensors.index.json), dataset_statistics.json and
+tokenizer.json; OFT's `proprio_projector--*.pt` is read when present. svrl writes the same
+layout (proprio projector inside the safetensors) plus an `svrl` section in config.json,
+so its checkpoints load in the same way. Nothing is downloaded; no remote code runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from svrl_core.config import PolicyConfig
+from svrl_core.data import DemoDataset
+from svrl_core.io import atomic_directory, write_json_atomic
+from svrl_core.policies.openvla_oft.config import ARCHITECTURE, PROMPT, OftConfig, oft_7b, oft_tiny
+from svrl_core.policies.openvla_oft.model import OpenVLAOFT
+from svrl_core.policies.openvla_oft.prompt import TOKENIZER_FILE, PromptEncoder, byte_tokenizer, load_tokenizer
+from svrl_core.policies.policy import (CheckpointError, PolicyInputs, VLAPolicy, read_checkpoint_json,
+                                       restore_hint)
+from svrl_core.policies.tokenizer import ActionTokenizer
+
+STATS_FILE = "dataset_statistics.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+SVRL_UNNORM_KEY = "svrl"
+# Checkpoint weights the forward pass never uses: each tower's last block (features come from
+# the one before), the towers' final norms and SigLIP's attention-pooling head.
+UNUSED = re.compile(r"vision_backbone\.(featurizer|fused_featurizer)\.(norm|fc_norm|head|attn_pool)\b")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class OpenVLAOFTPolicy(VLAPolicy):
+    family: ClassVar[str] = "openvla-oft"
+    model: OpenVLAOFT
+    actions: ActionTokenizer
+    prompts: PromptEncoder
+    proprio_low: np.ndarray  # (S,) q01 of the proprio, mapped to -1
+    proprio_high: np.ndarray  # (S,) q99, mapped to 1
+    dataset_stats: dict  # dataset_statistics.json: {unnorm_key: {"action": ..., "proprio": ...}}
+
+    @property
+    def cfg(self) -> OftConfig:
+        return self.model.cfg
+
+    @property
+    def chunk_size(self) -> int:
+        return self.cfg.chunk_size
+
+    @property
+    def action_dim(self) -> int:
+        return self.cfg.action_dim
+
+    @property
+    def cameras(self) -> tuple[str, ...]:
+        return self.cfg.cameras
+
+    @property
+    def state_dim(self) -> int:
+        return len(self.proprio_low)
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return self.cfg.input_image_shape
+
+    def architecture(self) -> dict:
+        return self.cfg.to_openvla_config()
+
+    def bundle_preprocessing(self) -> dict:
+        cfg = self.cfg
+        return {"state_normalization": "bounds_q01_q99", "state_low": self.proprio_low.tolist(),
+                "state_high": self.proprio_high.tolist(), "instruction_encoding": "openvla-prompt",
+                "tokenizer_file": TOKENIZER_FILE, "prompt": PROMPT, "max_prompt_tokens": cfg.max_prompt_tokens,
+                "bos_token_id": cfg.bos_token_id, "space_token_id": cfg.space_token_id, "pad_token_id": cfg.pad_token_id,
+                "placeholder_token_id": self.prompts.placeholder, "stop_token_id": cfg.stop_token_id,
+                "n_action_tokens": cfg.n_action_tokens}
+
+    def prepare_arrays(self, images: dict[str, np.ndarray], states: np.ndarray,
+                       instructions: list[str]) -> PolicyInputs:
+        stacked = np.concatenate([images[c] for c in self.cameras], axis=-1)  # (B, H, W, 3 * cameras)
+        span = np.where(self.proprio_high > self.proprio_low, self.proprio_high - self.proprio_low, 1.0)
+        proprio = np.clip(2.0 * (np.asarray(states, np.float64) - self.proprio_low) / span - 1.0, -1.0, 1.0)
+        return PolicyInputs(torch.from_numpy(np.ascontiguousarray(stacked)).permute(0, 3, 1, 2).contiguous(),
+                            torch.from_numpy(proprio.astype(np.float32)),
+                            torch.from_numpy(self.prompts.encode(instructions)))
+
+    # --- persistence -----------------------------------------------------------------
+    def save(self, directory: str | Path) -> None:
+        with atomic_directory(directory) as staging:
+            save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, staging / WEIGHTS_FILE)
+            write_json_atomic(staging / "config.json", self.cfg.to_openvla_config())
+            write_json_atomic(staging / STATS_FILE, self.dataset_stats)
+            self.prompts.tokenizer.save(str(staging / TOKENIZER_FILE))
+
+    @staticmethod
+    def recognizes(config: dict) -> bool:
+        return config.get("model_type") in ("openvla", "prismatic")
+
+    @classmethod
+    def _load_local(cls, directory: Path, name: str | Path) -> "OpenVLAOFTPolicy":
+        return load_oft_checkpoint(directory, name)
+
+
+def load_oft_checkpoint(directory: Path, name: str | Path, unnorm_key: str | None = None,
+                        dtype: str = "float32", **overrides) -> OpenVLAOFTPolicy:
+    """An OpenVLA / OpenVLA-OFT / svrl checkpoint directory -> policy.
+
+    `overrides` set what an official config.json does not say (chunk_size, action_dim, cameras,
+    proprio_dim); `unnorm_key` picks the dataset statistics (needed when there are several).
+    """
+    config = directory / "config.json"
+    if not config.is_file():
+        raise CheckpointError(f"{name}: not an OpenVLA checkpoint directory, missing ['config.json']")
+    raw = read_checkpoint_json(config, name)
+    if not OpenVLAOFTPolicy.recognizes(raw):
+        raise CheckpointError(f"{name}: config.json has model_type {raw.get('model_type')!r}, not 'openvla'")
+    svrl = raw.get("svrl", {})
+    if not svrl and not {"chunk_size", "action_dim"} <= set(overrides):
+        raise CheckpointError(f"{name}: an official OpenVLA checkpoint does not record the action chunk; "
+                              "set policy.chunk_size and the env's action dim")
+    if svrl.get("architecture", ARCHITECTURE) != ARCHITECTURE:
+        raise CheckpointError(f"{name}: svrl architecture {svrl['architecture']!r}, this code loads {ARCHITECTURE!r}")
+    try:
+        cfg = OftConfig.from_openvla_config(raw, **overrides)
+        model = OpenVLAOFT(cfg)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{name}: config.json does not describe a model svrl can build ({err})") from None
+    load_matching_weights(model, read_weights(directory, name), name)
+    model.to(DTYPES[dtype]).eval()
+    try:
+        stats = json.loads((directory / STATS_FILE).read_text()) if (directory / STATS_FILE).is_file() \
+            else raw["norm_stats"]
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"{name}: no readable {STATS_FILE} or config.json norm_stats ({err})") from None
+    key = pick_unnorm_key(stats, unnorm_key or svrl.get("unnorm_key"), name)
+    try:
+        prompts = PromptEncoder(load_tokenizer(directory), cfg)
+    except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exception for a corrupt file
+        raise CheckpointError(f"{name}: {err}") from None
+    return policy_from_stats(model, prompts, stats, key)
+
+
+def policy_from_stats(model: OpenVLAOFT, prompts: PromptEncoder, stats: dict, key: str) -> OpenVLAOFTPolicy:
+    """Action bins (OpenVLA's binning) and proprio bounds from dataset_statistics[key]."""
+    action = stats[key]["action"]
+    mask = np.asarray(action.get("mask", [True] * len(action["q01"])), dtype=bool)
+    actions = ActionTokenizer(np.asarray(action["q01"], np.float64), np.asarray(action["q99"], np.float64), mask,
+                              model.cfg.n_bins, "openvla")
+    proprio = stats[key].get("proprio", {"q01": [0.0] * model.cfg.proprio_dim, "q99": [0.0] * model.cfg.proprio_dim})
+    if actions.action_dim != model.cfg.action_dim:
+        raise CheckpointError(f"dataset statistics {key!r} are {actions.action_dim}-D actions, the model predicts "
+                              f"{model.cfg.action_dim}-D")
+    return OpenVLAOFTPolicy(model, actions, prompts, np.asarray(proprio["q01"], np.float64),
+                            np.asarray(proprio["q99"], np.float64), {key: stats[key]})
+
+
+def pick_unnorm_key(stats: dict, wanted: str | None, name: str | Path) -> str:
+    if wanted is not None and wanted not in stats:
+        raise CheckpointError(f"{name}: no dataset statistics {wanted!r}; it has {sorted(stats)}")
+    if wanted is None and len(stats) != 1:
+        raise CheckpointError(f"{name}: dataset statistics for {sorted(stats)}: set policy.oft.unnorm_key to one")
+    return wanted or next(iter(stats))
+
+
+def read_weights(directory: Path, name: str | Path) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint: single or sharded safetensors, plus OFT's proprio projector file."""
+    if (directory / INDEX_FILE).is_file():
+        shards = sorted(set(read_checkpoint_json(directory / INDEX_FILE, name)["weight_map"].values()))
+    elif (directory / WEIGHTS_FILE).is_file():
+        shards = [WEIGHTS_FILE]
+    else:
+        raise CheckpointError(f"{name}: no {WEIGHTS_FILE} or {INDEX_FILE}")
+    weights: dict[str, torch.Tensor] = {}
+    for shard in shards:
+        try:
+            weights.update(load_file(directory / shard))
+        except (SafetensorError, OSError) as err:
+            raise CheckpointError(f"{name}/{shard}: unreadable or truncated ({err}); {restore_hint(name)}") from None
+    for extra in sorted(directory.glob("proprio_projector--*.pt")):  # OFT keeps it beside the VLA
+        state = torch.load(extra, map_location="cpu", weights_only=True)
+        weights.update({"proprio_projector." + k.removeprefix("module."): v for k, v in state.items()})
+    return weights
+
+
+def load_matching_weights(model: OpenVLAOFT, weights: dict[str, torch.Tensor], name: str | Path) -> None:
+    """Load by OpenVLA's parameter names; refuse (listing them) missing or unexpected keys."""
+    weights = {k.replace(".gamma", ".scale_factor"): v for k, v in weights.items()}  # timm's own LayerScale name
+    for prefix, tower in (("featurizer", model.vision_backbone.featurizer),
+                          ("fused_featurizer", model.vision_backbone.fused_featurizer)):
+        last = f"vision_backbone.{prefix}.blocks.{tower.spec.depth - 1}."
+        weights = {k: v for k, v in weights.items() if not k.startswith(last)}
+    weights = {k: v for k, v in weights.items() if not UNUSED.match(k)}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    wrong_shape = sorted(k for k in set(expected) & set(weights) if expected[k].shape != weights[k].shape)
+    if missing or unexpected or wrong_shape:
+        def few(keys: list[str]) -> str:
+            return f"{len(keys)} {keys[:8]}{' ...' if len(keys) > 8 else ''}"
+        raise CheckpointError(f"{name}: weights do not match the OpenVLA-OFT layout of config.json: missing "
+                              f"{few(missing)}, unexpected {few(unexpected)}, wrong shape {few(wrong_shape)}")
+    model.load_state_dict(weights, strict=True)
+
+
+def new_oft_policy(cfg: PolicyConfig, data: DemoDataset, seed: int) -> OpenVLAOFTPolicy:
+    """The SFT start: `policy.oft.checkpoint` if set (e.g. an OpenVLA release), else fresh at `policy.oft.size`."""
+    oft = cfg.oft
+    cameras = tuple(oft.cameras or [next(iter(data.images))])
+    missing = [c for c in cameras if c not in data.images]
+    if missing:
+        raise ValueError(f"policy.oft.cameras {missing} are not in the demonstrations (they have {sorted(data.images)})")
+    action_dim, proprio_dim = data.actions.shape[1], data.states.shape[1] if oft.use_proprio else 0
+    shape = dict(chunk_size=cfg.chunk_size, action_dim=action_dim, cameras=cameras, proprio_dim=proprio_dim,
+                 max_prompt_tokens=oft.max_prompt_tokens or (48 if oft.checkpoint else 160), center_crop=oft.center_crop,
+                 input_image_shape=tuple(data.images[cameras[0]].shape[1:3]))
+    stats = demo_statistics(data, cfg.unnormalized_action_dims)
+    if oft.checkpoint:
+        policy = load_oft_checkpoint(Path(oft.checkpoint), oft.checkpoint, oft.unnorm_key, oft.dtype, **shape)
+        if oft.unnorm_key is None:  # fine-tuning on these demos: their statistics, as OFT's fine-tuning does
+            policy = policy_from_stats(policy.model, policy.prompts, stats, SVRL_UNNORM_KEY)
+    else:
+        torch.manual_seed(seed)
+        tokenizer = byte_tokenizer(cfg.n_bins) if oft.size == "tiny" else None
+        if tokenizer is None:
+            raise ValueError("policy.oft.size: 7b starts from an OpenVLA checkpoint: set policy.oft.checkpoint")
+        image_size = oft.image_size or data.images[cameras[0]].shape[1]
+        model_cfg = oft_tiny(text_vocab_size=tokenizer.get_vocab_size(), image_size=image_size, n_bins=cfg.n_bins,
+                             space_token_id=tokenizer.token_to_id("\u2581"), **shape)
+        model = OpenVLAOFT(model_cfg).to(DTYPES[oft.dtype]).eval()
+        policy = policy_from_stats(model, PromptEncoder(tokenizer, model_cfg), stats, SVRL_UNNORM_KEY)
+    if oft.gradient_checkpointing:
+        policy.model.gradient_checkpointing_enable()
+    return policy
+
+
+def demo_statistics(data: DemoDataset, unnormalized_dims: list[int]) -> dict:
+    """dataset_statistics.json of the demonstrations, in OpenVLA's format."""
+    action = dict(data.stats["action"])
+    action["mask"] = [i not in unnormalized_dims for i in range(data.actions.shape[1])]
+    return {SVRL_UNNORM_KEY: {"action": action, "proprio": dict(data.stats["observation.state"]),
+                              "num_trajectories": data.n_episodes}}
+
+
+__all__ = ["OpenVLAOFTPolicy", "load_oft_checkpoint", "new_oft_policy", "oft_7b"]

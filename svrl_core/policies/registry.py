@@ -1,0 +1,17 @@
+"""Policy families by `policy.family`: no stage names a model class."""
+
+from __future__ import annotations
+
+from svrl_core.config import PolicyConfig
+from svrl_core.data import DemoDataset
+from svrl_core.policies.openvla_oft.policy import OpenVLAOFTPolicy, new_oft_policy
+from svrl_core.policies.policy import VLAPolicy
+from svrl_core.policies.tiny_policy import TinyVLAPolicy, new_tiny_policy
+
+FAMILIES: dict[str, type[VLAPolicy]] = {TinyVLAPolicy.family: TinyVLAPolicy, OpenVLAOFTPolicy.family: OpenVLAOFTPolicy}
+_BUILDERS = {TinyVLAPolicy.family: new_tiny_policy, OpenVLAOFTPolicy.family: new_oft_policy}
+
+
+def new_policy(cfg: PolicyConfig, data: DemoDataset, seed: int) -> VLAPolicy:
+    """The policy SFT starts from: `cfg.family`, sized for `data` (or loaded from cfg's checkpoint)."""
+    return _BUILDERS[cfg.family](cfg, data, seed)
