@@ -91,6 +91,8 @@ class OftPolicyConfig(Section):
                                           "byte tokenizer")
     center_crop: float = Field(1.0, gt=0.0, le=1.0, description="image area kept, centred (OFT's LIBERO: 0.9)")
     dtype: Literal["float32", "bfloat16"] = "float32"
+    device: Literal["cpu", "cuda"] = Field("cpu", description="where the network runs; envs, sampling and the "
+                                           "loss stay on the CPU (only (B, K * D, n_bins) logits come back)")
     gradient_checkpointing: bool = False
 
 

@@ -6,13 +6,13 @@ from prefect import task
 
 from svrl_core.config import Params
 from svrl_core.evaluation import evaluate_policy, save_episode_gifs
-from svrl_core.policies import VLAPolicy
+from svrl_core.policies import load_policy
 from tasks.cluster import env_pool
 
 
 @task(tags=["envs"])  # `make ui` limits concurrent env-heavy tasks by this tag
 def evaluate_checkpoint(params: Params, model_dir: str, videos_dir: str) -> dict:
-    policy = VLAPolicy.load(model_dir)
+    policy = load_policy(model_dir, params.policy)
     with env_pool(params.env, params.compute) as pool:
         table, trajectories = evaluate_policy(policy, pool, list(params.eval.tasks or params.env.tasks), params.eval)
     gifs = save_episode_gifs(trajectories, videos_dir, params.eval.n_videos, policy.camera)

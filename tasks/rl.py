@@ -12,7 +12,7 @@ from prefect import task
 from svrl_core.algos.grpo_trainer import train_grpo
 from svrl_core.config import EnvConfig, Params
 from svrl_core.io import join
-from svrl_core.policies import VLAPolicy
+from svrl_core.policies import load_policy
 from tasks.cluster import env_pool
 from tasks.metrics import engine_overrides
 
@@ -35,7 +35,7 @@ def rl_env_config(params: Params) -> EnvConfig:
 
 @task(tags=["envs"])
 def train_rl_policy(params: Params, on_iteration: Callable[[dict], None]) -> list[dict]:
-    policy = VLAPolicy.load(params.paths.sft_model)
+    policy = load_policy(params.paths.sft_model, params.policy)
     with env_pool(rl_env_config(params), params.compute) as pool:
         history = train_grpo(policy, pool, list(params.env.tasks), params.rl, on_iteration,
                              state_dir=params.paths.rl_state, fingerprint=run_fingerprint(params),

@@ -8,6 +8,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from svrl_core.algos.grpo_trainer import PromptSampler, collect_mixed_groups, grpo_update
+from svrl_core.algos.sft import train_sft
 from svrl_core.envs.toy import ToyReachEnv
 from svrl_core.export import BundlePolicy, export_bundle
 from svrl_core.policies import CheckpointError, VLAPolicy, new_policy
@@ -16,6 +18,8 @@ from svrl_core.policies.openvla_oft.config import oft_7b
 from svrl_core.policies.openvla_oft.model import OpenVLAOFT
 from svrl_core.policies.openvla_oft.policy import OpenVLAOFTPolicy, load_oft_checkpoint
 from svrl_core.policies.tokenizer import ActionTokenizer
+from svrl_core.rollout import LocalEnvPool, RolloutStats
+from svrl_core.training import DeepSpeedTrainer
 
 
 @pytest.fixture()
@@ -212,3 +216,25 @@ def test_export_bundle_acts_like_the_policy(oft_policy, oft_params, tmp_path):
     expected = oft_policy.bins_to_actions(oft_policy.greedy(oft_policy.prepare(obs)))
     assert np.array_equal(got, expected)
     shutil.rmtree(tmp_path / "bundle")
+
+
+def test_sft_lowers_the_loss_through_deepspeed(oft_params, tiny_dataset):
+    """The real SFT entry point on the tiny OFT: measured final/first logged loss 0.77; bound 0.9."""
+    policy = new_policy(oft_params.policy, tiny_dataset, seed=0)
+    cfg = oft_params.sft.model_copy(update={"steps": 80, "batch_size": 16, "lr": 3e-3, "log_every": 10})
+    history = train_sft(policy, tiny_dataset, tiny_dataset.tasks, cfg)
+    assert history[-1]["loss"] < 0.9 * history[0]["loss"], [round(row["loss"], 3) for row in history]
+
+
+def test_a_grpo_update_trains_the_oft_policy(oft_policy, oft_params):
+    pool = LocalEnvPool(oft_params.env, 8)
+    cfg = oft_params.rl.model_copy(update={"prompts_per_batch": 2, "group_size": 4, "dynamic_sampling": False,
+                                           "mini_batch_trajectories": 4})
+    kept, _ = collect_mixed_groups(oft_policy, pool, PromptSampler(["red", "blue"], 0), cfg,
+                                   torch.Generator().manual_seed(0), RolloutStats())
+    kept[0].success = True  # GRPO needs a reward difference inside a group to move anything
+    before = [p.detach().clone() for p in oft_policy.model.parameters()]
+    trainer = DeepSpeedTrainer(oft_policy.model, 1e-3, 0.0, 1.0, cfg.mini_batch_trajectories)
+    metrics = grpo_update(oft_policy, trainer, kept, cfg, np.random.default_rng(0))
+    assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, oft_policy.model.parameters()))

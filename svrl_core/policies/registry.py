@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from svrl_core.config import PolicyConfig
 from svrl_core.data import DemoDataset
 from svrl_core.policies.openvla_oft.policy import OpenVLAOFTPolicy, new_oft_policy
@@ -10,6 +12,12 @@ from svrl_core.policies.tiny_policy import TinyVLAPolicy, new_tiny_policy
 
 FAMILIES: dict[str, type[VLAPolicy]] = {TinyVLAPolicy.family: TinyVLAPolicy, OpenVLAOFTPolicy.family: OpenVLAOFTPolicy}
 _BUILDERS = {TinyVLAPolicy.family: new_tiny_policy, OpenVLAOFTPolicy.family: new_oft_policy}
+
+
+def load_policy(directory: str | Path, cfg: PolicyConfig) -> VLAPolicy:
+    """A stage's checkpoint, set up for this run (OpenVLA-OFT: dtype, device, gradient checkpointing)."""
+    policy = VLAPolicy.load(directory)
+    return policy.configure(cfg.oft) if isinstance(policy, OpenVLAOFTPolicy) else policy
 
 
 def new_policy(cfg: PolicyConfig, data: DemoDataset, seed: int) -> VLAPolicy:

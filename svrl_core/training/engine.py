@@ -18,7 +18,7 @@ import torch
 
 # Compiled DeepSpeed ops (the CPU shared-memory comm op) live with the venv; `make setup` builds them.
 os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
-os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _free_port() -> int:

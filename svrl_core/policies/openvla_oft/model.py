@@ -43,7 +43,12 @@ class OpenVLAOFT(nn.Module):
         return self.projector(patches).reshape(b, -1, self.projector.fc3.out_features)
 
     def forward(self, inputs: PolicyInputs) -> torch.Tensor:
-        """-> (B, K * D, n_bins) float32 action-bin logits."""
+        """-> (B, K * D, n_bins) float32 action-bin logits, on the inputs' device (the network may sit on a GPU)."""
+        home, device = inputs.states.device, self.projector.fc1.weight.device
+        on_device = PolicyInputs(inputs.images.to(device), inputs.states.to(device), inputs.instruction_ids.to(device))
+        return self._action_logits(on_device).to(home)
+
+    def _action_logits(self, inputs: PolicyInputs) -> torch.Tensor:
         cfg, ids = self.cfg, inputs.instruction_ids  # (B, L), layout of prompt.py
         n_act = cfg.n_action_tokens
         text = self.language_model.get_input_embeddings()(ids)  # (B, L, E)

@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from svrl_core.config import PolicyConfig
+from svrl_core.config import OftPolicyConfig, PolicyConfig
 from svrl_core.data import DemoDataset
 from svrl_core.io import atomic_directory, write_json_atomic
 from svrl_core.policies.openvla_oft.config import ARCHITECTURE, PROMPT, OftConfig, oft_7b, oft_tiny
@@ -95,10 +95,18 @@ class OpenVLAOFTPolicy(VLAPolicy):
                             torch.from_numpy(proprio.astype(np.float32)),
                             torch.from_numpy(self.prompts.encode(instructions)))
 
+    def configure(self, oft: OftPolicyConfig) -> "OpenVLAOFTPolicy":
+        """Apply the run's dtype, device and gradient checkpointing (not stored in checkpoints)."""
+        self.model.to(dtype=DTYPES[oft.dtype], device=oft.device)
+        if oft.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        return self
+
     # --- persistence -----------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
         with atomic_directory(directory) as staging:
-            save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, staging / WEIGHTS_FILE)
+            save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
+                      staging / WEIGHTS_FILE)
             write_json_atomic(staging / "config.json", self.cfg.to_openvla_config())
             write_json_atomic(staging / STATS_FILE, self.dataset_stats)
             self.prompts.tokenizer.save(str(staging / TOKENIZER_FILE))
@@ -113,7 +121,7 @@ class OpenVLAOFTPolicy(VLAPolicy):
 
 
 def load_oft_checkpoint(directory: Path, name: str | Path, unnorm_key: str | None = None,
-                        dtype: str = "float32", **overrides) -> OpenVLAOFTPolicy:
+                        **overrides) -> OpenVLAOFTPolicy:
     """An OpenVLA / OpenVLA-OFT / svrl checkpoint directory -> policy.
 
     `overrides` set what an official config.json does not say (chunk_size, action_dim, cameras,
@@ -137,7 +145,7 @@ def load_oft_checkpoint(directory: Path, name: str | Path, unnorm_key: str | Non
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{name}: config.json does not describe a model svrl can build ({err})") from None
     load_matching_weights(model, read_weights(directory, name), name)
-    model.to(DTYPES[dtype]).eval()
+    model.eval()
     try:
         stats = json.loads((directory / STATS_FILE).read_text()) if (directory / STATS_FILE).is_file() \
             else raw["norm_stats"]
@@ -226,7 +234,7 @@ def new_oft_policy(cfg: PolicyConfig, data: DemoDataset, seed: int) -> OpenVLAOF
                  input_image_shape=tuple(data.images[cameras[0]].shape[1:3]))
     stats = demo_statistics(data, cfg.unnormalized_action_dims)
     if oft.checkpoint:
-        policy = load_oft_checkpoint(Path(oft.checkpoint), oft.checkpoint, oft.unnorm_key, oft.dtype, **shape)
+        policy = load_oft_checkpoint(Path(oft.checkpoint), oft.checkpoint, oft.unnorm_key, **shape)
         if oft.unnorm_key is None:  # fine-tuning on these demos: their statistics, as OFT's fine-tuning does
             policy = policy_from_stats(policy.model, policy.prompts, stats, SVRL_UNNORM_KEY)
     else:
@@ -237,11 +245,9 @@ def new_oft_policy(cfg: PolicyConfig, data: DemoDataset, seed: int) -> OpenVLAOF
         image_size = oft.image_size or data.images[cameras[0]].shape[1]
         model_cfg = oft_tiny(text_vocab_size=tokenizer.get_vocab_size(), image_size=image_size, n_bins=cfg.n_bins,
                              space_token_id=tokenizer.token_to_id("\u2581"), **shape)
-        model = OpenVLAOFT(model_cfg).to(DTYPES[oft.dtype]).eval()
+        model = OpenVLAOFT(model_cfg).eval()
         policy = policy_from_stats(model, PromptEncoder(tokenizer, model_cfg), stats, SVRL_UNNORM_KEY)
-    if oft.gradient_checkpointing:
-        policy.model.gradient_checkpointing_enable()
-    return policy
+    return policy.configure(oft)
 
 
 def demo_statistics(data: DemoDataset, unnormalized_dims: list[int]) -> dict:
