@@ -94,6 +94,9 @@ class OftPolicyConfig(Section):
     device: Literal["cpu", "cuda"] = Field("cpu", description="where the network runs; envs, sampling and the "
                                            "loss stay on the CPU (only (B, K * D, n_bins) logits come back)")
     gradient_checkpointing: bool = False
+    lora_rank: int = Field(0, ge=0, le=1024, description="LoRA (peft) on every linear layer but the LM head; "
+                           "0: full fine-tuning. Checkpoints hold the merged weights")
+    lora_alpha: float = Field(16.0, gt=0.0)
 
 
 class PolicyConfig(Section):

@@ -238,3 +238,27 @@ def test_a_grpo_update_trains_the_oft_policy(oft_policy, oft_params):
     metrics = grpo_update(oft_policy, trainer, kept, cfg, np.random.default_rng(0))
     assert np.isfinite(metrics["loss"]) and metrics["grad_norm"] > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, oft_policy.model.parameters()))
+
+
+def test_lora_trains_adapters_only_and_saves_merged_weights(oft_params, tiny_dataset, tmp_path):
+    oft = oft_params.policy.oft.model_copy(update={"lora_rank": 4, "lora_alpha": 8.0})
+    policy = new_policy(oft_params.policy.model_copy(update={"oft": oft}), tiny_dataset, seed=0)
+    trainable = [n for n, p in policy.model.named_parameters() if p.requires_grad]
+    assert trainable and all(".lora_" in n for n in trainable)
+    assert any("language_model" in n for n in trainable) and any("featurizer" in n for n in trainable)
+    frozen = {n: p.detach().clone() for n, p in policy.model.named_parameters() if not p.requires_grad}
+    cfg = oft_params.sft.model_copy(update={"steps": 10, "batch_size": 16, "lr": 1e-2, "log_every": 5})
+    train_sft(policy, tiny_dataset, tiny_dataset.tasks, cfg)
+    assert all(torch.equal(p, frozen[n]) for n, p in policy.model.named_parameters() if n in frozen)
+    inputs = policy.prepare(observations(oft_params))
+    policy.save(tmp_path / "ckpt")
+    merged = VLAPolicy.load(tmp_path / "ckpt")  # plain weights, no adapters
+    assert not any(".lora_" in n for n, _ in merged.model.named_parameters())
+    with torch.no_grad():
+        trained_logits = policy.model(inputs)
+        assert torch.allclose(trained_logits, merged.model(inputs), atol=1e-4)
+        untrained = new_policy(oft_params.policy, tiny_dataset, seed=0).model(inputs)  # same base weights
+        assert not torch.allclose(trained_logits, untrained, atol=1e-3)
+        again = new_policy(oft_params.policy.model_copy(update={"oft": oft}), tiny_dataset, seed=1)
+        again.load_weights_of(merged)  # a resumed LoRA run: merged weights, fresh adapters
+        assert torch.allclose(again.model(inputs), trained_logits, atol=1e-4)

@@ -232,7 +232,7 @@ def train_grpo(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: RlConfig
     sampler, history = prompt_sampler(tasks, cfg), []
     saved = load_training_state(state_dir, fingerprint) if state_dir else None
     if saved:  # weights first: ZeRO builds its partitions from them when the engine starts
-        policy.model.load_state_dict(saved.policy.model.state_dict())
+        policy.load_weights_of(saved.policy)
     trainer = DeepSpeedTrainer(policy.model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.mini_batch_trajectories,
                                engine_overrides)
     if saved:

@@ -151,6 +151,10 @@ class VLAPolicy:
         """Write the checkpoint atomically; `load` gives bit-identical outputs."""
         raise NotImplementedError
 
+    def load_weights_of(self, other: "VLAPolicy") -> None:
+        """Take `other`'s weights (a resumed run's saved policy of the same family and shape)."""
+        self.model.load_state_dict(other.model.state_dict())
+
     @classmethod
     def load(cls, directory: str | Path) -> "VLAPolicy":
         """Load a checkpoint directory of any family (local, or a complete one at an fsspec URL)."""

@@ -24,6 +24,7 @@ from svrl_core.config import OftPolicyConfig, PolicyConfig
 from svrl_core.data import DemoDataset
 from svrl_core.io import atomic_directory, write_json_atomic
 from svrl_core.policies.openvla_oft.config import ARCHITECTURE, PROMPT, OftConfig, oft_7b, oft_tiny
+from svrl_core.policies.openvla_oft.lora import add_lora, has_lora, load_merged, merged_state_dict
 from svrl_core.policies.openvla_oft.model import OpenVLAOFT
 from svrl_core.policies.openvla_oft.prompt import TOKENIZER_FILE, PromptEncoder, byte_tokenizer, load_tokenizer
 from svrl_core.policies.policy import (CheckpointError, PolicyInputs, VLAPolicy, read_checkpoint_json,
@@ -96,7 +97,9 @@ class OpenVLAOFTPolicy(VLAPolicy):
                             torch.from_numpy(self.prompts.encode(instructions)))
 
     def configure(self, oft: OftPolicyConfig) -> "OpenVLAOFTPolicy":
-        """Apply the run's dtype, device and gradient checkpointing (not stored in checkpoints)."""
+        """Apply the run's LoRA, dtype, device and gradient checkpointing (not stored in checkpoints)."""
+        if oft.lora_rank and not has_lora(self.model):
+            add_lora(self.model, oft.lora_rank, oft.lora_alpha)
         self.model.to(dtype=DTYPES[oft.dtype], device=oft.device)
         if oft.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
@@ -105,11 +108,17 @@ class OpenVLAOFTPolicy(VLAPolicy):
     # --- persistence -----------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
         with atomic_directory(directory) as staging:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
-                      staging / WEIGHTS_FILE)
+            state = merged_state_dict(self.model) if has_lora(self.model) else self.model.state_dict()
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, staging / WEIGHTS_FILE)
             write_json_atomic(staging / "config.json", self.cfg.to_openvla_config())
             write_json_atomic(staging / STATS_FILE, self.dataset_stats)
             self.prompts.tokenizer.save(str(staging / TOKENIZER_FILE))
+
+    def load_weights_of(self, other: VLAPolicy) -> None:
+        if has_lora(self.model):
+            load_merged(self.model, other.model.state_dict())
+        else:
+            super().load_weights_of(other)
 
     @staticmethod
     def recognizes(config: dict) -> bool:
