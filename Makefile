@@ -44,6 +44,7 @@ bench: setup
 	$(PY) -m bench.robotwin
 	$(PY) -m bench.faults --rounds 5
 	$(PY) -m bench.serve
+	$(PY) -m bench.openvla_oft --layout small
 
 ui: setup  # local Prefect server + a worker for the deployments
 	$(PY) -m flows.server ui

@@ -24,5 +24,6 @@ def test_svrl_core_imports_neither_prefect_nor_dvc():
 
 
 def test_bundle_runtime_needs_no_svrl_code():
+    # tokenizers: only for OpenVLA-OFT bundles, whose instructions become Llama tokens
     assert imported_roots(Path("svrl_core/export/runtime.py")) <= {"__future__", "hashlib", "json", "pathlib", "numpy",
-                                                                    "torch"}
+                                                                    "torch", "tokenizers"}

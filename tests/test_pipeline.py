@@ -37,19 +37,22 @@ def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) 
     return result
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, prefect_server) -> Path:
-    """A copy of the project with tiny params, in its own git + DVC repository."""
-    root = tmp_path_factory.mktemp("project")
+def make_project(root: Path, params: dict) -> Path:
+    """A copy of the project with `params`, in its own git + DVC repository."""
     for name in ("flows", "tasks", "svrl_core"):
         shutil.copytree(ROOT / name, root / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", root / "dvc.yaml")
     shutil.copy(ROOT / ".gitignore", root / ".gitignore")
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params_yaml(), sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], root)
     run(["dvc", "init", "-q"], root)
     shutil.copy(ROOT / ".dvc/config", root / ".dvc/config")
     return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, prefect_server) -> Path:
+    return make_project(tmp_path_factory.mktemp("project"), tiny_params_yaml())
 
 
 STAGES = ("ingest", "sft", "eval_sft", "rl", "eval_rl", "export", "report")
@@ -87,6 +90,17 @@ def test_pipeline_flow_runs_every_stage_and_leaves_dvc_up_to_date(project):
     assert {"pipeline", *STAGES} <= set(runs), "each stage is its own flow run, visible through the API"
     again = run([sys.executable, "-m", "flows.pipeline"], project)
     assert "ran nothing" in again.stderr + again.stdout
+
+
+def test_the_pipeline_runs_with_the_openvla_oft_family(tmp_path_factory, prefect_server):
+    params = tiny_params_yaml()
+    params["policy"]["family"] = "openvla-oft"
+    root = make_project(tmp_path_factory.mktemp("oft_project"), params)
+    result = run([sys.executable, "-m", "flows.pipeline"], root)
+    assert "ran ['ingest', 'sft', 'eval_sft', 'rl', 'eval_rl', 'export', 'report']" in result.stderr + result.stdout
+    assert json.loads((root / "models/rl/config.json").read_text())["model_type"] == "openvla"
+    assert json.loads((root / "metrics/export.json").read_text())["max_action_difference"] == 0.0
+    assert (root / "exports/policy_bundle/tokenizer.json").is_file()
 
 
 def test_changing_an_rl_param_reruns_only_rl_and_what_follows(project):

@@ -78,9 +78,20 @@ class VLAPolicy:
     actions: ActionTokenizer
 
     # --- shape of the action chunk and the inputs --------------------------------------
-    chunk_size: int
-    action_dim: int
     cameras: tuple[str, ...]  # the env cameras the policy reads, in input order
+
+    @property
+    def cfg(self):
+        """The network's config: every family's has chunk_size and action_dim."""
+        return self.model.cfg
+
+    @property
+    def chunk_size(self) -> int:
+        return self.cfg.chunk_size
+
+    @property
+    def action_dim(self) -> int:
+        return self.cfg.action_dim
 
     @property
     def camera(self) -> str:

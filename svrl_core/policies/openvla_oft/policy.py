@@ -56,14 +56,6 @@ class OpenVLAOFTPolicy(VLAPolicy):
         return self.model.cfg
 
     @property
-    def chunk_size(self) -> int:
-        return self.cfg.chunk_size
-
-    @property
-    def action_dim(self) -> int:
-        return self.cfg.action_dim
-
-    @property
     def cameras(self) -> tuple[str, ...]:
         return self.cfg.cameras
 
