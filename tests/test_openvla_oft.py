@@ -131,6 +131,9 @@ def official_checkpoint(policy: OpenVLAOFTPolicy, directory, monkeypatch):
     policy.save(directory)
     config = json.loads((directory / "config.json").read_text())
     del config["svrl"]
+    config["text_config"]["torch_dtype"] = "bfloat16"
+    config.update({"arch_specifier": "no-align+fused-gelu-mlp", "llm_max_length": 2048,
+                   "timm_override_act_layers": [None, None], "output_projector_states": False})
     config["timm_model_ids"] = ["vit_large_patch14_reg4_dinov2.lvd142m", "vit_so400m_patch14_siglip_224"]
     stats = json.loads((directory / "dataset_statistics.json").read_text())["svrl"]
     config["norm_stats"] = {"libero_object_no_noops": stats, "other_robot": stats}
@@ -262,3 +265,13 @@ def test_lora_trains_adapters_only_and_saves_merged_weights(oft_params, tiny_dat
         again = new_policy(oft_params.policy.model_copy(update={"oft": oft}), tiny_dataset, seed=1)
         again.load_weights_of(merged)  # a resumed LoRA run: merged weights, fresh adapters
         assert torch.allclose(again.model(inputs), trained_logits, atol=1e-4)
+
+
+def test_bfloat16_runs_and_its_log_probs_match_the_sampler(oft_params, tiny_dataset):
+    oft = oft_params.policy.oft.model_copy(update={"dtype": "bfloat16", "gradient_checkpointing": True})
+    policy = new_policy(oft_params.policy.model_copy(update={"oft": oft}), tiny_dataset, seed=0)
+    assert {p.dtype for p in policy.model.parameters()} == {torch.bfloat16}
+    inputs = policy.prepare(observations(oft_params))
+    bins, sampled = policy.sample(inputs, 1.6, torch.Generator().manual_seed(0))
+    recomputed, _ = policy.log_probs(inputs, bins, 1.6)
+    assert sampled.dtype == torch.float32 and torch.allclose(sampled, recomputed, atol=1e-5)

@@ -18,6 +18,8 @@ LLAMA2_7B = {"hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers
              "rope_theta": 10000.0, "vocab_size": 32064, "bos_token_id": 1, "eos_token_id": 2,
              "pad_token_id": 32000}
 
+NOT_LLAMA_KWARGS = {"model_type", "torch_dtype", "dtype", "architectures", "_name_or_path", "transformers_version"}
+
 
 @dataclass(frozen=True)
 class OftConfig:
@@ -75,7 +77,8 @@ class OftConfig:
                 raise ValueError("svrl loads fused DINOv2 + SigLIP OpenVLA checkpoints (use_fused_vision_backbone, "
                                  f"two timm_model_ids); this one has {raw.get('timm_model_ids')}")
             specs = tuple(known_tower(i, s) for i, s in zip(raw["timm_model_ids"], raw["image_sizes"]))
-        text = {k: v for k, v in raw["text_config"].items() if k in LLAMA2_7B or k == "head_dim"}
+        # as OpenVLA's own code does: LlamaConfig(**text_config), transformers' defaults filling the rest
+        text = {k: v for k, v in raw["text_config"].items() if k not in NOT_LLAMA_KWARGS}
         text_vocab = svrl.pop("text_vocab_size", raw.get("pad_token_id", 32000))
         values = {"text_vocab_size": text_vocab, "pad_token_id": raw.get("pad_token_id", text_vocab),
                   "n_bins": raw.get("n_action_bins", 256),
@@ -83,7 +86,7 @@ class OftConfig:
                   **{k: v for k, v in svrl.items() if k != "architecture"}, **overrides}
         values["cameras"] = tuple(values.get("cameras", ("agentview",)))
         values["input_image_shape"] = tuple(values.get("input_image_shape", (224, 224)))
-        return cls(towers=specs, text_config={**LLAMA2_7B, **text}, **values)
+        return cls(towers=specs, text_config=text, **values)
 
 
 def oft_7b(chunk_size: int, action_dim: int, **kw) -> OftConfig:
