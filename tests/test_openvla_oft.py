@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -275,3 +276,14 @@ def test_bfloat16_runs_and_its_log_probs_match_the_sampler(oft_params, tiny_data
     bins, sampled = policy.sample(inputs, 1.6, torch.Generator().manual_seed(0))
     recomputed, _ = policy.log_probs(inputs, bins, 1.6)
     assert sampled.dtype == torch.float32 and torch.allclose(sampled, recomputed, atol=1e-5)
+
+
+def test_zero3_bf16_trains_the_oft_policy(oft_params, tiny_dataset):
+    """infra/deepspeed/zero3_bf16.json (the multi-GPU config) on the OFT family, one CPU process."""
+    overrides = json.loads((Path(__file__).parent.parent / "infra/deepspeed/zero3_bf16.json").read_text())
+    policy = new_policy(oft_params.policy, tiny_dataset, seed=0)
+    before = [p.detach().clone() for p in policy.model.parameters()]
+    cfg = oft_params.sft.model_copy(update={"steps": 10, "batch_size": 16, "lr": 3e-3, "log_every": 5})
+    history = train_sft(policy, tiny_dataset, tiny_dataset.tasks, cfg, overrides)
+    assert np.isfinite(history[-1]["loss"]) and history[-1]["loss"] < history[0]["loss"]
+    assert any(not torch.equal(a, b.to(a.dtype)) for a, b in zip(before, policy.model.parameters()))

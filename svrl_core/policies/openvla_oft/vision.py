@@ -168,9 +168,9 @@ class FusedVisionBackbone(nn.Module):
         return x
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.pixels(images, self.mean0.dtype)
-        first = self.featurizer((x - self.mean0) / self.std0)
-        second = self.fused_featurizer((x - self.mean1) / self.std1)
+        x = self.pixels(images, self.featurizer.pos_embed.dtype)  # the weights' dtype (DeepSpeed casts only those)
+        first = self.featurizer((x - self.mean0.to(x.dtype)) / self.std0.to(x.dtype))
+        second = self.fused_featurizer((x - self.mean1.to(x.dtype)) / self.std1.to(x.dtype))
         return torch.cat([first, second], dim=2)
 
 
