@@ -30,4 +30,12 @@ def describe_protocol(params: Params) -> str:
             f"Demonstrations {'may share' if overlap(demos) else 'never used'} these states; RL "
             f"{'trained on them too (as SimpleVLA-RL does)' if overlap(trained) else 'never saw them'}. "
             f"Step limit: evaluation {params.env.max_steps}, RL rollouts "
-            f"{params.env.max_steps if rl.max_steps is None else rl.max_steps}.")
+            f"{params.env.max_steps if rl.max_steps is None else rl.max_steps}. Policy: {describe_policy(params)}.")
+
+
+def describe_policy(params: Params) -> str:
+    policy = params.policy
+    if policy.family == "tiny-vla":
+        return f"TinyVLA ({policy.trunk} trunk)"
+    start = policy.oft.checkpoint or f"fresh {policy.oft.size} layout"
+    return f"OpenVLA-OFT from {start}{f', LoRA r={policy.oft.lora_rank}' if policy.oft.lora_rank else ''}"

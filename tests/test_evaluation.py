@@ -55,3 +55,5 @@ def test_report_says_which_states_training_saw():
     assert "Demonstrations never used these states" in libero
     toy = describe_protocol(load_params("configs/toy.yaml"))
     assert "RL never saw them" in toy and "Demonstrations never used" in toy
+    assert "Policy: TinyVLA (mlp trunk)" in toy
+    assert "Policy: OpenVLA-OFT from models/openvla-oft." in describe_protocol(load_params("configs/libero_oft_7b.yaml"))
