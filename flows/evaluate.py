@@ -12,7 +12,8 @@ def evaluate_stage(stage: str, params: Params, model_dir: str) -> dict:
     with tracking_run(stage, params) as run:
         table = evaluate_checkpoint(params, model_dir, f"{params.paths.videos}/{stage}")
         run.log({f"{stage}/success_rate": table["success_rate"],
-                 **{f"{stage}/{task}": row["success_rate"] for task, row in table["per_task"].items()}})
+                 **{f"{stage}/{task}": row["success_rate"] for task, row in table["per_task"].items()},
+                 **({f"{stage}/sampled_success_rate": table["sampled"]["success_rate"]} if "sampled" in table else {})})
         log_videos(run, stage, table["videos"])
     write_metrics(params, stage, table)
     publish_success_table(stage, table)

@@ -175,6 +175,9 @@ class EvalConfig(Section):
     n_videos: int = Field(4, ge=0, le=100)
     tasks: list[str] | None = Field(None, min_length=1, description="tasks to evaluate (default env.tasks); "
                                                                     "set to unseen tasks for generalization runs")
+    sampled_temperature: float | None = Field(1.0, gt=0.0, le=10.0, description="also roll out the same states "
+                                              "sampling at this temperature, reported beside greedy (the official "
+                                              "protocol); None: greedy only")
 
 
 class RlConfig(Section):

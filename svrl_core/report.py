@@ -28,13 +28,22 @@ def plot_learning_curve(history: list[dict], path: str | Path) -> None:
 
 
 def success_markdown(sft: dict, rl: dict) -> str:
-    lines = ["| task | SFT | RL | change |", "|---|---|---|---|"]
-    for task in sorted(set(sft["per_task"]) | set(rl["per_task"])):
-        a = sft["per_task"].get(task, {}).get("success_rate", float("nan"))
-        b = rl["per_task"].get(task, {}).get("success_rate", float("nan"))
-        lines.append(f"| {task} | {a:.2f} | {b:.2f} | {b - a:+.2f} |")
-    lines.append(f"| **all** ({sft['episodes']} / {rl['episodes']} episodes) | **{sft['success_rate']:.2f}** | "
-                 f"**{rl['success_rate']:.2f}** | **{rl['success_rate'] - sft['success_rate']:+.2f}** |")
+    """Greedy SFT vs RL per task, and sampled success beside it when both tables have it."""
+    sampled = "sampled" in sft and "sampled" in rl
+    header = "| task | SFT | RL | change |"
+    if sampled:
+        header += f" SFT sampled (T = {sft['sampled']['temperature']:g}) | RL sampled | change |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+
+    def cells(a: dict, b: dict, task: str | None) -> str:
+        x = a["success_rate"] if task is None else a["per_task"].get(task, {}).get("success_rate", float("nan"))
+        y = b["success_rate"] if task is None else b["per_task"].get(task, {}).get("success_rate", float("nan"))
+        bold = "**" if task is None else ""
+        return f" {bold}{x:.2f}{bold} | {bold}{y:.2f}{bold} | {bold}{y - x:+.2f}{bold} |"
+
+    for task in [*sorted(set(sft["per_task"]) | set(rl["per_task"])), None]:
+        name = task if task is not None else f"**all** ({sft['episodes']} / {rl['episodes']} episodes)"
+        lines.append(f"| {name} |" + cells(sft, rl, task) + (cells(sft["sampled"], rl["sampled"], task) if sampled else ""))
     return "\n".join(lines)
 
 

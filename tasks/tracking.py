@@ -57,10 +57,14 @@ def log_videos(run, stage: str, paths: list[str]) -> None:
 
 def publish_success_table(stage: str, table: dict) -> None:
     """Per-task success rates as a Prefect table artifact."""
-    rows = [{"task": task, **row} for task, row in sorted(table["per_task"].items())]
-    rows.append({"task": "all", "episodes": table["episodes"], "success_rate": table["success_rate"]})
+    sampled = table.get("sampled", {"per_task": {}})
+    rows = [{"task": task, **row, **({"sampled_success_rate": sampled["per_task"][task]["success_rate"]}
+                                     if task in sampled["per_task"] else {})}
+            for task, row in sorted(table["per_task"].items())]
+    rows.append({"task": "all", "episodes": table["episodes"], "success_rate": table["success_rate"],
+                 **({"sampled_success_rate": sampled["success_rate"]} if "success_rate" in sampled else {})})
     create_table_artifact(key=stage.replace("_", "-"), table=rows,
-                          description=f"{stage}: greedy success rate per task")
+                          description=f"{stage}: greedy success rate per task (and sampled, when evaluated)")
 
 
 def publish_report(report: Path) -> None:

@@ -57,3 +57,27 @@ def test_report_says_which_states_training_saw():
     assert "RL never saw them" in toy and "Demonstrations never used" in toy
     assert "Policy: TinyVLA (mlp trunk)" in toy
     assert "Policy: OpenVLA-OFT from models/openvla-oft." in describe_protocol(load_params("configs/libero_oft_7b.yaml"))
+
+
+def test_evaluation_reports_sampled_success_beside_greedy(tiny_policy, tiny_params):
+    from svrl_core.evaluation import evaluate_policy
+    from svrl_core.rollout import LocalEnvPool
+
+    cfg = tiny_params.eval.model_copy(update={"episodes_per_task": 4, "sampled_temperature": 1.0})
+    pool = LocalEnvPool(tiny_params.env, 8)
+    table, greedy = evaluate_policy(tiny_policy, pool, ["red", "blue"], cfg)
+    again, _ = evaluate_policy(tiny_policy, pool, ["red", "blue"], cfg)
+    assert len(greedy) == 8 and table["sampled"]["temperature"] == 1.0 and table["sampled"]["episodes"] == 8
+    assert set(table["sampled"]["per_task"]) == {"red", "blue"}
+    assert again == table  # greedy is deterministic and the sampling is seeded
+    greedy_only, _ = evaluate_policy(tiny_policy, pool, ["red", "blue"], cfg.model_copy(update={"sampled_temperature": None}))
+    assert "sampled" not in greedy_only and greedy_only["success_rate"] == table["success_rate"]
+
+
+def test_report_puts_sampled_success_beside_greedy(tmp_path):
+    table = success_table(trajectories())
+    sft = {**table, "sampled": {"temperature": 1.0, **table, "success_rate": 0.25}}
+    rl = {**table, "success_rate": 0.75, "sampled": {"temperature": 1.0, **table, "success_rate": 0.5}}
+    text = write_report("title", sft, rl, [], tmp_path / "report")
+    assert "| task | SFT | RL | change | SFT sampled (T = 1) | RL sampled | change |" in text
+    assert "| **all** (8 / 8 episodes) | **0.50** | **0.75** | **+0.25** | **0.25** | **0.50** | **+0.25** |" in text

@@ -1,6 +1,8 @@
-"""Evaluation protocol: greedy actions, a fixed list of held-out initial states per task."""
+"""Evaluation protocol: greedy actions (and, beside them, sampled ones), a fixed list of initial states per task."""
 
 from __future__ import annotations
+
+import torch
 
 from svrl_core.config import EvalConfig
 from svrl_core.policies import VLAPolicy
@@ -28,6 +30,15 @@ def success_table(trajectories: list[Trajectory]) -> dict:
 
 
 def evaluate_policy(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: EvalConfig) -> tuple[dict, list[Trajectory]]:
-    """Greedy rollouts on the evaluation initial states -> (success table, trajectories)."""
-    trajectories = run_episodes(policy, pool, evaluation_requests(tasks, cfg), None, progress_name="eval")
-    return success_table(trajectories), trajectories
+    """Greedy rollouts on the evaluation initial states -> (success table, greedy trajectories).
+
+    With `cfg.sampled_temperature` the same states are rolled out again sampling (seeded by
+    `cfg.seed_start`); the table's "sampled" entry holds that success table."""
+    requests = evaluation_requests(tasks, cfg)
+    trajectories = run_episodes(policy, pool, requests, None, progress_name="eval")
+    table = success_table(trajectories)
+    if cfg.sampled_temperature is not None:
+        generator = torch.Generator().manual_seed(cfg.seed_start)
+        sampled = run_episodes(policy, pool, requests, cfg.sampled_temperature, generator, progress_name="eval sampled")
+        table["sampled"] = {"temperature": cfg.sampled_temperature, **success_table(sampled)}
+    return table, trajectories
