@@ -287,3 +287,19 @@ def test_zero3_bf16_trains_the_oft_policy(oft_params, tiny_dataset):
     history = train_sft(policy, tiny_dataset, tiny_dataset.tasks, cfg, overrides)
     assert np.isfinite(history[-1]["loss"]) and history[-1]["loss"] < history[0]["loss"]
     assert any(not torch.equal(a, b.to(a.dtype)) for a, b in zip(before, policy.model.parameters()))
+
+
+def test_two_cameras_feed_patches_of_both(oft_policy, oft_params):
+    from dataclasses import replace
+
+    cfg = replace(oft_policy.cfg, cameras=("main", "wrist"))
+    torch.manual_seed(0)
+    policy = replace(oft_policy, model=OpenVLAOFT(cfg).eval(), prompts=type(oft_policy.prompts)(oft_policy.prompts.tokenizer, cfg))
+    obs = observations(oft_params, n=2)
+    images = {"main": np.stack([o.images["main"] for o in obs])}
+    states, texts = np.stack([o.proprio for o in obs]), [o.instruction for o in obs]
+    with torch.no_grad():
+        dark = policy.model(policy.prepare_arrays({**images, "wrist": np.zeros_like(images["main"])}, states, texts))
+        bright = policy.model(policy.prepare_arrays({**images, "wrist": np.full_like(images["main"], 255)}, states, texts))
+    assert policy.model.image_tokens(torch.zeros(1, 6, 32, 32, dtype=torch.uint8)).shape[1] == 2 * cfg.towers[0].n_patches
+    assert not torch.allclose(dark, bright)
