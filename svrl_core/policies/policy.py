@@ -7,8 +7,8 @@ save/load. Families (registry.py): TinyVLA (tiny_policy.py) and OpenVLA-OFT (ope
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
