@@ -28,8 +28,14 @@ def tiny_params_yaml() -> dict:
     return merged
 
 
+# Set in this process by any earlier in-process training (its world of one): a child must form its
+# own, not reuse the port this process's process group still listens on.
+RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    inherited = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
+    env = {**inherited, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "PYTHONPATH": str(cwd), "PREFECT_HOME": str(cwd / ".prefect"), **(env or {})}
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
