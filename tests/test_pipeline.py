@@ -33,9 +33,12 @@ def tiny_params_yaml() -> dict:
 RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")
 
 
+def child_environ() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    inherited = {k: v for k, v in os.environ.items() if k not in RENDEZVOUS}
-    env = {**inherited, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    env = {**child_environ(), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "PYTHONPATH": str(cwd), "PREFECT_HOME": str(cwd / ".prefect"), **(env or {})}
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     if check and result.returncode != 0:
@@ -183,7 +186,7 @@ def test_rl_stage_killed_mid_run_resumes_to_the_same_result(project, tmp_path):
     import time
 
     killed = rl_params_file(project, tmp_path / "killed")
-    env = {**os.environ, "PYTHONPATH": str(project), "PREFECT_HOME": str(project / ".prefect")}
+    env = {**child_environ(), "PYTHONPATH": str(project), "PREFECT_HOME": str(project / ".prefect")}
     process = subprocess.Popen([sys.executable, "-m", "flows.rl", "--params", str(killed)], cwd=project, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     state = tmp_path / "killed/state/state.json"
