@@ -206,8 +206,9 @@ def test_the_7b_layout_has_openvlas_size():
     assert model.vision_backbone.embed_dim == 2176 and model.projector.fc1.out_features == 8704
     assert model.language_model.lm_head.weight.shape == (32064, 4096)
     assert model.cfg.sequence_length == 48 + 8 * 7 + 1  # padded prompt (BOS included), K x D placeholders, stop
-    # OpenVLA-7B has 7.54e9 parameters; svrl leaves out each tower's last block, final norm and SigLIP's head
-    assert 7.35e9 < n_params < 7.54e9, n_params
+    # OpenVLA-7B's 7,541,237,184 minus what svrl does not build: DINOv2's last block (12,598,272), SigLIP's
+    # last block (15,239,504), SigLIP's attention-pooling head (15,238,352) and both final norms (4,352)
+    assert n_params == 7_541_237_184 - 12_598_272 - 15_239_504 - 15_238_352 - 4_352
 
 
 def test_export_bundle_acts_like_the_policy(oft_policy, oft_params, tmp_path):
