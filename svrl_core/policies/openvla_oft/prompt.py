@@ -50,6 +50,7 @@ class PromptEncoder:
     def __init__(self, tokenizer: Tokenizer, cfg: OftConfig):
         self.tokenizer, self.cfg = tokenizer, cfg
         self.placeholder = cfg.text_vocab_size - 1  # any id: action embeddings are zeroed
+        self._rows: dict[str, np.ndarray] = {}
 
     def prompt_ids(self, instruction: str) -> list[int]:
         ids = self.tokenizer.encode(PROMPT.format(instruction=instruction.lower()), add_special_tokens=False).ids
@@ -58,15 +59,19 @@ class PromptEncoder:
         return [self.cfg.bos_token_id, *ids]
 
     def encode(self, instructions: list[str]) -> np.ndarray:
-        cfg = self.cfg
-        out = np.full((len(instructions), cfg.sequence_length), cfg.pad_token_id, dtype=np.int64)
-        out[:, -1] = cfg.stop_token_id
-        out[:, cfg.max_prompt_tokens:-1] = self.placeholder
-        for row, instruction in enumerate(instructions):
-            ids = self.prompt_ids(instruction)
-            if len(ids) > cfg.max_prompt_tokens:
-                raise ValueError(f"instruction {instruction!r} is {len(ids)} prompt tokens, over "
-                                 f"policy.oft.max_prompt_tokens={cfg.max_prompt_tokens}: raise it")
-            out[row, 0] = ids[0]
-            out[row, cfg.max_prompt_tokens - len(ids) + 1:cfg.max_prompt_tokens] = ids[1:]
-        return out
+        return np.stack([self._row(instruction) for instruction in instructions])
+
+    def _row(self, instruction: str) -> np.ndarray:
+        """One instruction's (sequence_length,) ids, tokenized once: rollouts ask every step."""
+        if instruction in self._rows:
+            return self._rows[instruction]
+        cfg, ids = self.cfg, self.prompt_ids(instruction)
+        if len(ids) > cfg.max_prompt_tokens:
+            raise ValueError(f"instruction {instruction!r} is {len(ids)} prompt tokens, over "
+                             f"policy.oft.max_prompt_tokens={cfg.max_prompt_tokens}: raise it")
+        row = np.full(cfg.sequence_length, cfg.pad_token_id, dtype=np.int64)
+        row[0], row[-1] = ids[0], cfg.stop_token_id
+        row[cfg.max_prompt_tokens - len(ids) + 1:cfg.max_prompt_tokens] = ids[1:]
+        row[cfg.max_prompt_tokens:-1] = self.placeholder
+        self._rows[instruction] = row
+        return row
