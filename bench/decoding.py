@@ -1,13 +1,13 @@
-"""Why does argmax decoding fail where sampling succeeds? One checkpoint, the evaluation states,
-greedy and sampled side by side, and what the failed episodes did.
+"""Greedy decoding rules and sampling side by side: one checkpoint, the evaluation states.
 
     python -m bench.decoding models/sft [--params params.yaml] [--temperatures 1.0] [--seeds 2]
 
-Per decoding rule: success rate and mean steps. For failed episodes: the share that stalled (the
-end effector moved under 1 cm over the last 5 queries) and that never closed the gripper. For
-greedy: how often a query repeats the previous query's chunk exactly. Per greedy token: the
-probability of the argmax bin and how often the runner-up bin lies far from it (> 8 bins) with
-at least half its probability, a sign of a multimodal action that argmax splits.
+Per rule (each `eval.decoding`, then sampling): success rate and mean steps. For failed
+episodes: the share that stalled (the end effector moved under 1 cm over the last 5 queries)
+and that never closed the gripper. For each greedy rule: how often a query repeats the previous
+query's chunk exactly, and per action dimension the share of tokens decoded to an edge bin
+(where clipped full-scale labels pile up), beside the demo labels' own share when --demos is
+given. docs/decoding.md has what this measured.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ import numpy as np
 import torch
 
 from svrl_core.config import load_params
+from svrl_core.data import load_dataset
 from svrl_core.evaluation.evaluate import evaluation_requests, success_table
+from svrl_core.export.runtime import DECODINGS
 from svrl_core.policies import VLAPolicy
 from svrl_core.rollout import LocalEnvPool, Trajectory, run_episodes
 
 STALL_QUERIES, STALL_METRES = 5, 0.01
-FAR_BINS = 8
 
 
 def stalled(trajectory: Trajectory) -> bool:
@@ -52,17 +53,14 @@ def repeated_chunks(trajectories: list[Trajectory]) -> float:
     return float(np.mean(pairs)) if pairs else 0.0
 
 
-def token_shape(policy: VLAPolicy, trajectories: list[Trajectory]) -> str:
-    """Argmax probability and far runner-ups over every greedy query's tokens."""
-    observations = [o for t in trajectories for o in t.observations]
-    with torch.no_grad():
-        probs = torch.cat([policy.model(policy.prepare(observations[i:i + 256])).softmax(-1)
-                           for i in range(0, len(observations), 256)])  # (Q, K * D, n_bins)
-    top = probs.topk(2, dim=-1)
-    far = ((top.indices[..., 0] - top.indices[..., 1]).abs() > FAR_BINS) & (top.values[..., 1] >= 0.5 * top.values[..., 0])
-    per_dim = far.view(len(far), -1, policy.action_dim).float().mean(dim=(0, 1))  # (D,)
-    return (f"argmax prob mean {top.values[..., 0].mean():.3f}, far runner-up with >= half its prob "
-            f"{far.float().mean():.3f} (per action dim {' '.join(f'{v:.3f}' for v in per_dim)})")
+def edge_share(bins: np.ndarray, n_bins: int) -> str:
+    """(..., D) bins -> per action dimension, the share in bin 0 or the top bin."""
+    edge = (bins == 0) | (bins == n_bins - 1)
+    return " ".join(f"{v:.2f}" for v in edge.reshape(-1, bins.shape[-1]).mean(0))
+
+
+def executed_bins(trajectories: list[Trajectory]) -> np.ndarray:
+    return np.concatenate([b[:n] for t in trajectories for b, n in zip(t.bins, t.n_executed)])  # (N, D)
 
 
 def main() -> None:
@@ -72,22 +70,29 @@ def main() -> None:
     parser.add_argument("--temperatures", type=float, nargs="+", default=[1.0])
     parser.add_argument("--seeds", type=int, default=2, help="sampling seeds per temperature")
     parser.add_argument("--envs", type=int, default=8)
+    parser.add_argument("--demos", help="a demo dataset: print its labels' edge-bin share per dimension")
     args = parser.parse_args()
     params = load_params(args.params)
     torch.set_num_threads(params.compute.torch_threads)
     policy = VLAPolicy.load(args.checkpoint)
     pool = LocalEnvPool(params.env, args.envs)
     requests = evaluation_requests(list(params.env.tasks), params.eval)
+    if args.demos:
+        labels = policy.actions.encode(load_dataset(args.demos).actions)  # (N, D)
+        print(f"demo labels: edge-bin share per dim {edge_share(labels, policy.n_bins)}")
     try:
-        greedy = run_episodes(policy, pool, requests, None)
-        print(f"greedy: success {success_table(greedy)['success_rate']:.3f} over {len(greedy)}, "
-              f"{failure_profile(greedy, policy)}; repeated chunks {repeated_chunks(greedy):.3f}")
-        print(f"greedy tokens: {token_shape(policy, greedy)}")
+        for decoding in DECODINGS:
+            policy.decoding = decoding
+            greedy = run_episodes(policy, pool, requests, None)
+            print(f"greedy {decoding}: success {success_table(greedy)['success_rate']:.3f} over {len(greedy)}, "
+                  f"mean steps {np.mean([t.steps for t in greedy]):.0f}, {failure_profile(greedy, policy)}; "
+                  f"repeated chunks {repeated_chunks(greedy):.3f}; edge-bin share per dim "
+                  f"{edge_share(executed_bins(greedy), policy.n_bins)}")
         for temperature in args.temperatures:
             for seed in range(args.seeds):
                 sampled = run_episodes(policy, pool, requests, temperature, torch.Generator().manual_seed(seed))
                 print(f"T={temperature} seed {seed}: success {success_table(sampled)['success_rate']:.3f}, "
-                      f"{failure_profile(sampled, policy)}")
+                      f"mean steps {np.mean([t.steps for t in sampled]):.0f}, {failure_profile(sampled, policy)}")
     finally:
         pool.close()
 

@@ -30,7 +30,8 @@ def plot_learning_curve(history: list[dict], path: str | Path) -> None:
 def success_markdown(sft: dict, rl: dict) -> str:
     """Greedy SFT vs RL per task, and sampled success beside it when both tables have it."""
     sampled = "sampled" in sft and "sampled" in rl
-    header = "| task | SFT | RL | change |"
+    decoding = f" greedy ({sft['decoding']})" if "decoding" in sft else ""  # absent in tables from before the option
+    header = f"| task | SFT{decoding} | RL{decoding} | change |"
     if sampled:
         header += f" SFT sampled (T = {sft['sampled']['temperature']:g}) | RL sampled | change |"
     lines = [header, "|" + "---|" * (header.count("|") - 1)]

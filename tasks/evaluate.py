@@ -13,8 +13,10 @@ from tasks.cluster import env_pool
 @task(tags=["envs"])  # `make ui` limits concurrent env-heavy tasks by this tag
 def evaluate_checkpoint(params: Params, model_dir: str, videos_dir: str) -> dict:
     policy = load_policy(model_dir, params.policy)
+    policy.decoding = params.eval.decoding
     with env_pool(params.env, params.compute) as pool:
         table, trajectories = evaluate_policy(policy, pool, list(params.eval.tasks or params.env.tasks), params.eval)
     gifs = save_episode_gifs(trajectories, videos_dir, params.eval.n_videos, policy.camera)
+    table["decoding"] = policy.decoding
     table["videos"] = [str(p) for p in gifs]  # local paths or URLs
     return table

@@ -21,6 +21,7 @@ OBSERVATIONS_PER_TASK = 8
 def export_policy(params: Params) -> dict:
     """Export the RL policy and check the bundle reproduces in-process greedy actions exactly."""
     policy = VLAPolicy.load(params.paths.rl_model)
+    policy.decoding = params.eval.decoding
     env = make_env(params.env)
     try:
         export_bundle(policy, params.paths.export, params.export.name, collect_provenance(params),
@@ -40,4 +41,4 @@ def export_policy(params: Params) -> dict:
     if max_diff != 0.0:
         raise RuntimeError(f"export: the bundle's actions differ from the policy's by up to {max_diff}")
     return {"checked_observations": len(observations), "max_action_difference": max_diff, "bundle_bytes": size,
-            "torch": torch.__version__}
+            "decoding": policy.decoding, "torch": torch.__version__}

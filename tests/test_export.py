@@ -3,16 +3,20 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from svrl_core.envs.toy import ToyReachEnv
-from svrl_core.export import BundlePolicy, export_bundle
+from svrl_core.export import BundleError, BundlePolicy, export_bundle
 
 
-def test_bundle_reproduces_in_process_actions_exactly(tiny_policy_any_trunk, tiny_params, tmp_path):
+@pytest.mark.parametrize("decoding", ["mean", "argmax"])
+def test_bundle_reproduces_in_process_actions_exactly(tiny_policy_any_trunk, tiny_params, tmp_path, decoding):
     tiny_policy = tiny_policy_any_trunk
+    tiny_policy.decoding = decoding
     export_bundle(tiny_policy, tmp_path / "bundle", "tiny")
     spec = json.loads((tmp_path / "bundle/bundle.json").read_text())
     assert spec["format"] == "svrl-bundle-v1" and spec["postprocessing"]["n_bins"] == 32
+    assert spec["postprocessing"]["decoding"] == decoding
     env = ToyReachEnv(tiny_params.env)
     obs = [env.reset(task, seed) for task in tiny_params.env.tasks for seed in range(5)]
     expected = tiny_policy.bins_to_actions(tiny_policy.greedy(tiny_policy.prepare(obs)))
@@ -21,6 +25,13 @@ def test_bundle_reproduces_in_process_actions_exactly(tiny_policy_any_trunk, tin
                            [o.instruction for o in obs])
     assert np.array_equal(got, expected)
     assert np.array_equal(bundle.act(obs[0].images["main"], obs[0].proprio, obs[0].instruction), expected[0])
+
+
+def test_bundle_with_an_unknown_decoding_is_refused(tiny_policy, tmp_path):
+    tiny_policy.decoding = "mode"
+    export_bundle(tiny_policy, tmp_path / "bundle", "tiny")
+    with pytest.raises(BundleError, match=r"decoding 'mode' is none that this runtime knows \(\['argmax', 'mean'\]\)"):
+        BundlePolicy(tmp_path / "bundle")
 
 
 def test_bundle_loads_without_svrl(tiny_policy, tmp_path):
@@ -37,8 +48,6 @@ def test_bundle_loads_without_svrl(tiny_policy, tmp_path):
 
 
 def test_bundle_rejects_wrong_image_size(tiny_policy, tmp_path):
-    import pytest
-
     export_bundle(tiny_policy, tmp_path / "bundle", "tiny")
     with pytest.raises(ValueError, match=r"expected uint8 images \(B, 32, 32, 3\)"):
         BundlePolicy(tmp_path / "bundle").act(np.zeros((64, 64, 3), np.uint8), np.zeros(2), "x")

@@ -24,6 +24,20 @@ def test_shapes_and_bins_to_actions(tiny_policy, tiny_params):
     assert tiny_policy.greedy(inputs).shape == (6, 4, 2)
 
 
+def test_mean_decoding_follows_the_bulk_where_argmax_jumps_to_an_edge_spike():
+    from svrl_core.export.runtime import decode_bins
+
+    probs = torch.zeros(2, 256)
+    probs[:, 96:105] = 0.75 / 9  # the bulk: a small action around bin 100
+    probs[:, 255] = 0.25  # the edge bin, where every clipped full-scale label lands
+    probs[1] = probs[1].flip(0)  # the same, mirrored: bulk around bin 155, spike at bin 0
+    logits = probs.log()
+    assert decode_bins(logits, "argmax").tolist() == [255, 0]
+    assert decode_bins(logits, "mean").tolist() == [139, 116]  # 0.75 * 100 + 0.25 * 255; 0.75 * 155 + 0.25 * 0
+    with pytest.raises(ValueError, match=r"unknown decoding 'mode': use one of \['argmax', 'mean'\]"):
+        decode_bins(logits, "mode")
+
+
 def test_log_probs_match_the_samplers_own(tiny_policy_any_trunk, tiny_params):
     tiny_policy = tiny_policy_any_trunk
     inputs = tiny_policy.prepare(observations(tiny_params))

@@ -27,6 +27,26 @@ class BundleError(ValueError):
     """The bundle is incomplete or differs from what was exported."""
 
 
+DECODINGS = ("argmax", "mean")
+
+
+def decode_bins(logits: torch.Tensor, decoding: str) -> torch.Tensor:
+    """(..., n_bins) logits -> (...) int64: each action token's deterministic bin.
+
+    argmax: the most likely bin (OpenVLA). mean: the bin nearest the token distribution's
+    expected bin. Training labels pile up in the edge bins (saturated, clipped actions), so
+    argmax often jumps to a full-scale action where the distribution's bulk asks for a small
+    one; the mean follows the bulk (docs/decoding.md has the measurements). svrl's in-process
+    greedy actions call this same function, so a bundle acts exactly like its policy.
+    """
+    if decoding == "argmax":
+        return logits.argmax(-1)
+    if decoding == "mean":
+        probs = logits.float().softmax(-1)  # (..., n_bins)
+        return (probs @ torch.arange(probs.shape[-1], dtype=probs.dtype)).round().long()
+    raise ValueError(f"unknown decoding {decoding!r}: use one of {list(DECODINGS)}")
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -59,6 +79,9 @@ class BundlePolicy:
         self._tokenizer = None
         self.manifest = read_manifest(directory)
         self.spec = json.loads((directory / "bundle.json").read_text())
+        if self.spec["postprocessing"]["decoding"] not in DECODINGS:
+            raise BundleError(f"bundle {directory}: decoding {self.spec['postprocessing']['decoding']!r} is none "
+                              f"that this runtime knows ({list(DECODINGS)}); export it again with this svrl version")
         self.net = torch.export.load(str(directory / "policy.pt2")).module()
 
     def preprocess(self, images: np.ndarray, proprio: np.ndarray, instructions: list[str]) -> tuple:
@@ -123,10 +146,11 @@ class BundlePolicy:
 
     @torch.no_grad()
     def act_batch(self, images: np.ndarray, proprio: np.ndarray, instructions: list[str]) -> np.ndarray:
-        """Greedy action chunks, (B, K, D)."""
+        """Deterministic action chunks (the bundle's decoding), (B, K, D)."""
         logits = self.net(*self.preprocess(images, proprio, instructions))  # (B, K * D, n_bins)
         post = self.spec["postprocessing"]
-        bins = logits.argmax(-1).numpy().reshape(len(instructions), post["chunk_size"], post["action_dim"])
+        bins = decode_bins(logits, post["decoding"]).numpy()
+        bins = bins.reshape(len(instructions), post["chunk_size"], post["action_dim"])
         return self.bins_to_actions(bins)
 
     def act(self, image: np.ndarray, proprio: np.ndarray, instruction: str) -> np.ndarray:

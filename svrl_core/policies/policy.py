@@ -76,6 +76,7 @@ class VLAPolicy:
     family: ClassVar[str]
     model: nn.Module
     actions: ActionTokenizer
+    decoding: str = "mean"  # how `greedy` picks bins: argmax | mean (export/runtime.py decode_bins)
 
     # --- shape of the action chunk and the inputs --------------------------------------
     cameras: tuple[str, ...]  # the env cameras the policy reads, in input order
@@ -144,8 +145,10 @@ class VLAPolicy:
 
     @torch.no_grad()
     def greedy(self, inputs: PolicyInputs) -> torch.Tensor:
-        """Most likely bins, (B, K, D)."""
-        return self._chunk(self.model(inputs).argmax(dim=-1))
+        """Deterministic bins by `self.decoding`, (B, K, D): evaluation's and the bundle's actions."""
+        from svrl_core.export.runtime import decode_bins  # the bundle's own rule; a top-level import is circular
+
+        return self._chunk(decode_bins(self.model(inputs), self.decoding))
 
     def log_probs(self, inputs: PolicyInputs, bins: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable log-probs and entropies of (B, K, D) bins, both (B, K, D)."""
