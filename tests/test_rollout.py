@@ -88,6 +88,9 @@ def test_env_worker_faults_cost_time_not_episodes(tiny_policy, tiny_params, two_
     from svrl_core.rollout.faults import FaultyEnvGroup, fired_faults, kill_replacement_workers
 
     scenario = SCENARIOS[name]
+    # argmax: this untrained policy's episodes then end at different steps, so a kill during a later
+    # reset also catches the worker's other episodes mid-run (with mean decoding they end together)
+    tiny_policy.decoding = "argmax"
     reqs = requests(tiny_params, n_per_task=8)  # 16 episodes on 8 envs: two waves of resets
     clean = run_episodes(tiny_policy, LocalEnvPool(tiny_params.env, 16), reqs, None)
     compute = tiny_params.compute.model_copy(update={  # a short deadline only where it must expire
