@@ -88,8 +88,8 @@ def test_env_worker_faults_cost_time_not_episodes(tiny_policy, tiny_params, two_
     from svrl_core.rollout.faults import FaultyEnvGroup, fired_faults, kill_replacement_workers
 
     scenario = SCENARIOS[name]
-    # argmax: this untrained policy's episodes then end at different steps, so a kill during a later
-    # reset also catches the worker's other episodes mid-run (with mean decoding they end together)
+    # argmax, the rule these scenarios were written for: with mean decoding the reset-kill scenario
+    # restarts no episode mid-run (restarted_episodes 0, every run); why is not yet established
     tiny_policy.decoding = "argmax"
     reqs = requests(tiny_params, n_per_task=8)  # 16 episodes on 8 envs: two waves of resets
     clean = run_episodes(tiny_policy, LocalEnvPool(tiny_params.env, 16), reqs, None)
