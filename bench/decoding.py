@@ -63,6 +63,11 @@ def executed_bins(trajectories: list[Trajectory]) -> np.ndarray:
     return np.concatenate([b[:n] for t in trajectories for b, n in zip(t.bins, t.n_executed)])  # (N, D)
 
 
+def outcome(trajectories: list[Trajectory], policy: VLAPolicy) -> str:
+    return (f"success {success_table(trajectories)['success_rate']:.3f} over {len(trajectories)}, mean steps "
+            f"{np.mean([t.steps for t in trajectories]):.0f}, {failure_profile(trajectories, policy)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
@@ -84,15 +89,12 @@ def main() -> None:
         for decoding in DECODINGS:
             policy.decoding = decoding
             greedy = run_episodes(policy, pool, requests, None)
-            print(f"greedy {decoding}: success {success_table(greedy)['success_rate']:.3f} over {len(greedy)}, "
-                  f"mean steps {np.mean([t.steps for t in greedy]):.0f}, {failure_profile(greedy, policy)}; "
-                  f"repeated chunks {repeated_chunks(greedy):.3f}; edge-bin share per dim "
-                  f"{edge_share(executed_bins(greedy), policy.n_bins)}")
+            print(f"greedy {decoding}: {outcome(greedy, policy)}; repeated chunks {repeated_chunks(greedy):.3f}; "
+                  f"edge-bin share per dim {edge_share(executed_bins(greedy), policy.n_bins)}")
         for temperature in args.temperatures:
             for seed in range(args.seeds):
                 sampled = run_episodes(policy, pool, requests, temperature, torch.Generator().manual_seed(seed))
-                print(f"T={temperature} seed {seed}: success {success_table(sampled)['success_rate']:.3f}, "
-                      f"mean steps {np.mean([t.steps for t in sampled]):.0f}, {failure_profile(sampled, policy)}")
+                print(f"T={temperature} seed {seed}: {outcome(sampled, policy)}")
     finally:
         pool.close()
 

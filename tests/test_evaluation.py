@@ -77,7 +77,8 @@ def test_evaluation_reports_sampled_success_beside_greedy(tiny_policy, tiny_para
 def test_report_puts_sampled_success_beside_greedy(tmp_path):
     table = success_table(trajectories())
     sft = {**table, "decoding": "mean", "sampled": {"temperature": 1.0, **table, "success_rate": 0.25}}
-    rl = {**table, "decoding": "mean", "success_rate": 0.75, "sampled": {"temperature": 1.0, **table, "success_rate": 0.5}}
+    rl = {**table, "decoding": "mean", "success_rate": 0.75,
+          "sampled": {"temperature": 1.0, **table, "success_rate": 0.5}}
     text = write_report("title", sft, rl, [], tmp_path / "report")
     assert "| task | SFT greedy (mean) | RL greedy (mean) | change | SFT sampled (T = 1) | RL sampled | change |" in text
     assert "| **all** (8 / 8 episodes) | **0.50** | **0.75** | **+0.25** | **0.25** | **0.50** | **+0.25** |" in text

@@ -42,8 +42,8 @@ def bundle_spec(policy: VLAPolicy, name: str, action_names: list[str] | None = N
         "inputs": {"camera": policy.camera, "proprio_dim": policy.state_dim, "instruction": "text"},
         "preprocessing": {"image_height": height, "image_width": width, "image_layout": "HWC uint8 RGB, upright",
                           **policy.bundle_preprocessing()},
-        "postprocessing": {"decoding": policy.decoding, "chunk_size": policy.chunk_size, "action_dim": policy.action_dim,
-                           "action_names": action_names, **policy.actions.to_dict()},
+        "postprocessing": {"decoding": policy.decoding, "chunk_size": policy.chunk_size,
+                           "action_dim": policy.action_dim, "action_names": action_names, **policy.actions.to_dict()},
         "dataset_statistics": policy.dataset_stats,
     }
 
