@@ -58,8 +58,8 @@ def build(layout: str, device: str, dtype: torch.dtype, seed: int = 0) -> OpenVL
         torch.set_default_dtype(torch.float32)
     actions = ActionTokenizer(-np.ones(7), np.ones(7), np.ones(7, bool), 256, "openvla")
     prompts = PromptEncoder(tokenizer, cfg)
-    if layout != "tiny":  # byte prompts are long: cut to 48 ids, about a Llama LIBERO prompt's length in tokens
-        prompts.prompt_ids = lambda text, _ids=prompts.prompt_ids: _ids(text)[:cfg.max_prompt_tokens]
+    # byte prompts are long: cut to the layout's limit (48 ids is about a Llama LIBERO prompt's length in tokens)
+    prompts.prompt_ids = lambda text, _ids=prompts.prompt_ids: _ids(text)[:cfg.max_prompt_tokens]
     return OpenVLAOFTPolicy(model, actions, prompts, np.zeros(8), np.ones(8), {})
 
 

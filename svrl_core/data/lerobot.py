@@ -21,9 +21,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
 from svrl_core.data.stats import feature_stats, image_stats
@@ -125,6 +122,10 @@ def write_dataset(root: str | Path, episodes: list[Episode], fps: int, robot_typ
         "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet", "video_path": None,
         "features": _features(episodes[0]),
     }
+    import pandas as pd  # the parquet stack loads on first use: policy code imports this module too
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     with atomic_directory(root) as staging:
         for sub in ("data/chunk-000", "meta/episodes/chunk-000"):
             (staging / sub).mkdir(parents=True)
@@ -154,6 +155,9 @@ def _read_json(path: Path) -> dict:
 
 
 def _read_parquet(path: Path) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         return pq.read_table(path).to_pydict()
     except (OSError, pa.ArrowInvalid) as err:
@@ -162,6 +166,9 @@ def _read_parquet(path: Path) -> dict:
 
 def _read_tasks(path: Path) -> list[str]:
     """Task strings in task_index order: LeRobot v3 keeps them as the index; older svrl datasets as a column."""
+    import pandas as pd
+    import pyarrow as pa
+
     try:
         table = pd.read_parquet(path)
     except (OSError, pa.ArrowInvalid, ValueError) as err:
