@@ -13,18 +13,36 @@ from svrl_core.evaluation import plot_success_rates  # noqa: E402
 from svrl_core.io import atomic_directory  # noqa: E402
 
 
+CURVES = (  # (history key, label) per panel of the learning curve
+    (("success_rate", "rollout success"), ("kept_group_fraction", "kept groups")),
+    (("approx_kl", "approx KL"), ("clip_fraction", "clip fraction")),
+    (("entropy", "entropy (nats/token)"),),
+)
+
+
 def plot_learning_curve(history: list[dict], path: str | Path) -> None:
-    """Rollout success rate (sampled, temperature > 0) and kept-group fraction per iteration."""
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    """One panel per row of CURVES against the GRPO iteration; keys an older history lacks plot as gaps."""
+    fig, axes = plt.subplots(len(CURVES), 1, figsize=(5, 2.2 * len(CURVES)), sharex=True)
     iterations = [row["iteration"] for row in history]
-    ax.plot(iterations, [row["success_rate"] for row in history], label="rollout success")
-    ax.plot(iterations, [row["kept_group_fraction"] for row in history], label="kept groups", alpha=0.6)
-    ax.set_xlabel("GRPO iteration")
-    ax.set_ylim(0, 1)
-    ax.legend()
+    for ax, panel in zip(axes, CURVES):
+        for key, label in panel:
+            ax.plot(iterations, [row.get(key, float("nan")) for row in history], label=label, marker=".")
+        ax.legend(fontsize=8)
+    axes[0].set_ylim(0, 1)
+    axes[-1].set_xlabel("GRPO iteration")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def history_markdown(history: list[dict]) -> str:
+    """The learning curve's numbers, one row per iteration (rollout success is sampled at the RL temperature)."""
+    columns = [column for panel in CURVES for column in panel]
+    lines = ["| iteration | " + " | ".join(label for _, label in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for row in history:
+        lines.append(f"| {row['iteration']} | " + " | ".join(f"{row.get(key, float('nan')):.3f}" for key, _ in columns)
+                     + " |")
+    return "\n".join(lines)
 
 
 def success_markdown(sft: dict, rl: dict) -> str:
@@ -72,4 +90,5 @@ def report_markdown(title: str, sft: dict, rl: dict, history: list[dict], protoc
         f"Last iteration: rollout success {last.get('success_rate', float('nan')):.2f}, "
         f"kept groups {last.get('kept_group_fraction', float('nan')):.2f}, "
         f"env steps/s {last.get('env_steps_per_s', float('nan')):.0f}.", "",
-        "![learning curve](learning_curve.png)", ""])
+        "![learning curve](learning_curve.png)", "",
+        history_markdown(history), ""])

@@ -35,11 +35,14 @@ def test_gifs_mix_outcomes_and_tasks(tmp_path):
 def test_report_and_plots(tmp_path):
     table = success_table(trajectories())
     better = {**table, "success_rate": 0.75}
-    history = [{"iteration": i, "success_rate": 0.1 * i, "kept_group_fraction": 0.5, "env_steps_per_s": 1000.0}
-               for i in range(1, 6)]
+    history = [{"iteration": i, "success_rate": 0.1 * i, "kept_group_fraction": 0.5, "env_steps_per_s": 1000.0,
+                "approx_kl": 0.01 * i, "clip_fraction": 0.02, "entropy": 1.0 - 0.1 * i} for i in range(1, 6)]
+    history[0].pop("entropy")  # histories from before a metric existed still render
     text = write_report("title", table, better, history, tmp_path / "report")
     assert text == (tmp_path / "report/report.md").read_text()
     assert "| **all** (8 / 8 episodes) | **0.50** | **0.75** | **+0.25** |" in text
+    assert "| iteration | rollout success | kept groups | approx KL | clip fraction | entropy (nats/token) |" in text
+    assert "| 1 | 0.100 | 0.500 | 0.010 | 0.020 | nan |" in text and "| 5 | 0.500 | 0.500 | 0.050 | 0.020 | 0.500 |" in text
     assert (tmp_path / "report/success.png").stat().st_size > 1000
     assert (tmp_path / "report/learning_curve.png").stat().st_size > 1000
     plot_success_rates({"only": table}, tmp_path / "one.png")
