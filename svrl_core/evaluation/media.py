@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -48,17 +49,21 @@ def save_episode_gifs(trajectories: list[Trajectory], directory: str | Path, n_v
 
 
 def plot_success_rates(tables: dict[str, dict], path: str | Path) -> None:
-    """Grouped bars: one group per task, one bar per policy (e.g. {'sft': table, 'rl': table})."""
+    """Grouped horizontal bars: one group per task, one bar per policy (e.g. {'sft': table, 'rl': table}).
+
+    Horizontal, so LIBERO's long task names fit as wrapped labels however many tasks there are."""
     tasks = sorted({task for table in tables.values() for task in table["per_task"]})
-    width = 0.8 / max(len(tables), 1)
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(tasks), 3.2))
+    height = 0.8 / max(len(tables), 1)
+    fig, ax = plt.subplots(figsize=(7, 1.0 + 0.25 * len(tasks) * max(len(tables), 1)))
     for i, (name, table) in enumerate(tables.items()):
         rates = [table["per_task"].get(task, {}).get("success_rate", 0.0) for task in tasks]
-        ax.bar(np.arange(len(tasks)) + i * width, rates, width, label=f"{name} ({table['success_rate']:.2f})")
-    ax.set_xticks(np.arange(len(tasks)) + width * (len(tables) - 1) / 2, tasks)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("success rate")
-    ax.legend()
+        ax.barh(np.arange(len(tasks)) + i * height, rates, height, label=f"{name} ({table['success_rate']:.2f})")
+    labels = [textwrap.fill(task.replace("_", " "), 32) for task in tasks]
+    ax.set_yticks(np.arange(len(tasks)) + height * (len(tables) - 1) / 2, labels, fontsize=7)
+    ax.invert_yaxis()  # first task on top
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("success rate")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
