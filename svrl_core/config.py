@@ -249,6 +249,8 @@ class ReportConfig(Section):
     """The final SFT-vs-RL report."""
 
     title: str = Field("svrl: SFT vs GRPO on the toy reach task", min_length=1)
+    baselines: dict[str, str] = Field(default_factory=dict, description=(
+        "label -> another run's eval metrics json (e.g. many-demo SFT), shown beside SFT and RL"))
 
 
 class Params(Section):

@@ -66,25 +66,43 @@ def success_markdown(sft: dict, rl: dict) -> str:
     return "\n".join(lines)
 
 
+def baseline_markdown(rl: dict, baselines: dict[str, dict]) -> str:
+    """RL's greedy success per task against each baseline's (e.g. SFT on many more demos)."""
+    header = "| task | RL | " + " | ".join(f"{label} | RL - {label}" for label in baselines) + " |"
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    rate = lambda table, task: (table["success_rate"] if task is None  # noqa: E731
+                                else table["per_task"].get(task, {}).get("success_rate", float("nan")))
+    for task in [*sorted(rl["per_task"]), None]:
+        rl_rate = rate(rl, task)
+        cells = [f"{rate(table, task):.2f} | {rl_rate - rate(table, task):+.2f}" for table in baselines.values()]
+        lines.append(f"| {task or '**all**'} | {rl_rate:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_report(title: str, sft: dict, rl: dict, history: list[dict], directory: str | Path,
-                 protocol: str = "Greedy success rate per task.") -> str:
+                 protocol: str = "Greedy success rate per task.", baselines: dict[str, dict] | None = None) -> str:
     """Write report.md, success.png and learning_curve.png as the directory `directory`; returns the markdown.
 
-    `protocol` says which initial states were evaluated and how they relate to training."""
+    `protocol` says which initial states were evaluated and how they relate to training; `baselines`
+    maps a label to another run's eval table, compared with RL's greedy success."""
+    baselines = baselines or {}
     with atomic_directory(directory) as staging:
-        plot_success_rates({"sft": sft, "rl": rl}, staging / "success.png")
+        plot_success_rates({"sft": sft, "rl": rl, **baselines}, staging / "success.png")
         plot_learning_curve(history, staging / "learning_curve.png")
-        markdown = report_markdown(title, sft, rl, history, protocol)
+        markdown = report_markdown(title, sft, rl, history, protocol, baselines)
         (staging / "report.md").write_text(markdown)
     return markdown
 
 
-def report_markdown(title: str, sft: dict, rl: dict, history: list[dict], protocol: str) -> str:
+def report_markdown(title: str, sft: dict, rl: dict, history: list[dict], protocol: str,
+                    baselines: dict[str, dict]) -> str:
     last = history[-1] if history else {}
+    compared = ["## RL against the baselines (greedy)", "", baseline_markdown(rl, baselines), ""] if baselines else []
     return "\n".join([
         f"# {title}", "",
         protocol, "",
         success_markdown(sft, rl), "",
+        *compared,
         "![success per task](success.png)", "",
         f"## GRPO: {len(history)} iterations", "",
         f"Last iteration: rollout success {last.get('success_rate', float('nan')):.2f}, "

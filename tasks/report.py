@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import task
 
 from svrl_core.config import Params
-from svrl_core.io import join, read_json
+from svrl_core.io import is_remote, join, read_json
 from svrl_core.report import write_report
 from tasks.metrics import read_metrics
 
@@ -14,7 +16,17 @@ from tasks.metrics import read_metrics
 def write_pipeline_report(params: Params) -> str:
     sft, rl = read_metrics(params, "eval_sft"), read_metrics(params, "eval_rl")
     history = read_json(join(params.paths.plots, "rl_history.json"))
-    return write_report(params.report.title, sft, rl, history, params.paths.report, describe_protocol(params))
+    return write_report(params.report.title, sft, rl, history, params.paths.report, describe_protocol(params),
+                        {label: read_baseline(label, path) for label, path in params.report.baselines.items()})
+
+
+def read_baseline(label: str, path: str) -> dict:
+    """Another run's eval metrics; a missing one names the key to fix rather than failing deep in the report."""
+    if not is_remote(path) and not Path(path).is_file():
+        raise FileNotFoundError(f"report.baselines[{label!r}] = {path!r} does not exist: run that config's "
+                                "ingest, sft and eval_sft stages first (README: LIBERO-Object, 10 tasks), "
+                                "or remove the entry")
+    return read_json(path)
 
 
 def describe_protocol(params: Params) -> str:

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 from PIL import Image
 
 from svrl_core.envs.base import Obs
@@ -47,6 +48,22 @@ def test_report_and_plots(tmp_path):
     assert (tmp_path / "report/learning_curve.png").stat().st_size > 1000
     plot_success_rates({"only": table}, tmp_path / "one.png")
     assert (tmp_path / "one.png").is_file()
+
+
+def test_report_compares_rl_with_baselines(tmp_path):
+    table = success_table(trajectories())
+    many = {**table, "success_rate": 0.625, "per_task": {**table["per_task"], "red": {"success_rate": 1.0}}}
+    text = write_report("title", table, {**table, "success_rate": 0.75}, [], tmp_path / "report",
+                        baselines={"SFT 5x demos": many})
+    assert "| task | RL | SFT 5x demos | RL - SFT 5x demos |" in text
+    assert "| red | 0.50 | 1.00 | -0.50 |" in text and "| **all** | 0.75 | 0.62 | +0.12 |" in text
+
+
+def test_a_missing_baseline_names_the_key(tmp_path):
+    from tasks.report import read_baseline
+
+    with pytest.raises(FileNotFoundError, match=r"report.baselines\['many'\] = .*does not exist"):
+        read_baseline("many", str(tmp_path / "eval_sft.json"))
 
 
 def test_report_says_which_states_training_saw():
