@@ -250,7 +250,8 @@ class ReportConfig(Section):
 
     title: str = Field("svrl: SFT vs GRPO on the toy reach task", min_length=1)
     baselines: dict[str, str] = Field(default_factory=dict, description=(
-        "label -> another run's eval metrics json (e.g. many-demo SFT), shown beside SFT and RL"))
+        "label -> another run's eval metrics json (e.g. many-demo SFT), shown beside SFT and RL; not a DVC "
+        "dependency (its path varies), so `dvc repro -f report` after that file changes"))
 
 
 class Params(Section):
