@@ -15,8 +15,13 @@ def write_metrics(params: Params, name: str, payload: object) -> None:
 
 def read_metrics(params: Params, name: str) -> dict | list:
     path = join(params.paths.metrics, f"{name}.json")
+    return read_existing_json(path, f"{path} is missing: run the stage that writes it (`dvc repro`)")
+
+
+def read_existing_json(path: str, missing: str) -> dict | list:
+    """A json file; a local one that does not exist raises FileNotFoundError(`missing`), which says what to do."""
     if not is_remote(path) and not Path(path).is_file():
-        raise FileNotFoundError(f"{path} is missing: run the stage that writes it (`dvc repro`)")
+        raise FileNotFoundError(missing)
     return read_json(path)
 
 

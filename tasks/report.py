@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import task
 
 from svrl_core.config import Params
-from svrl_core.io import is_remote, join, read_json
+from svrl_core.io import join, read_json
 from svrl_core.report import write_report
-from tasks.metrics import read_metrics
+from tasks.metrics import read_existing_json, read_metrics
 
 
 @task
@@ -22,11 +20,9 @@ def write_pipeline_report(params: Params) -> str:
 
 def read_baseline(label: str, path: str) -> dict:
     """Another run's eval metrics; a missing one names the key to fix rather than failing deep in the report."""
-    if not is_remote(path) and not Path(path).is_file():
-        raise FileNotFoundError(f"report.baselines[{label!r}] = {path!r} does not exist: run that config's "
-                                "ingest, sft and eval_sft stages first (README: LIBERO-Object, 10 tasks), "
-                                "or remove the entry")
-    return read_json(path)
+    return read_existing_json(path, f"report.baselines[{label!r}] = {path!r} does not exist: run that config's "
+                              "ingest, sft and eval_sft stages first (README: LIBERO-Object, 10 tasks), "
+                              "or remove the entry")
 
 
 def describe_protocol(params: Params) -> str:

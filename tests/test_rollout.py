@@ -88,6 +88,9 @@ def test_env_worker_faults_cost_time_not_episodes(tiny_policy, tiny_params, two_
     from svrl_core.rollout.faults import FaultyEnvGroup, fired_faults, kill_replacement_workers
 
     scenario = SCENARIOS[name]
+    # argmax: one toy episode then succeeds at step 10, so the reset-kill lands while the worker's other
+    # episodes are mid-run; with mean decoding all 16 run 16 steps and the second wave's resets meet none
+    tiny_policy.decoding = "argmax"
     reqs = requests(tiny_params, n_per_task=8)  # 16 episodes on 8 envs: two waves of resets
     clean = run_episodes(tiny_policy, LocalEnvPool(tiny_params.env, 16), reqs, None)
     compute = tiny_params.compute.model_copy(update={  # a short deadline only where it must expire
@@ -103,11 +106,7 @@ def test_env_worker_faults_cost_time_not_episodes(tiny_policy, tiny_params, two_
         pool.close()
     assert fired_faults(tmp_path) == len(scenario.faults)
     assert 1 <= pool.worker_failures <= 1 + scenario.kill_replacement and len(pool.losses) == 1
-    # A killed step always loses a live episode. A killed reset loses one only if another env on that worker
-    # is mid-episode: with argmax one toy episode succeeded early, so the next reset met live neighbours;
-    # with mean decoding all 16 run 16 steps, so the second wave's resets meet none, and only the reset
-    # is retried (the equality with the clean run below checks it).
-    assert stats.restarted_episodes >= (scenario.faults[0].event == "step")
+    assert stats.restarted_episodes >= 1
     assert [t.request for t in rerun] == reqs
     for a, b in zip(clean, rerun):
         assert (a.success, a.steps, len(a.bins)) == (b.success, b.steps, len(b.bins))
