@@ -150,6 +150,8 @@ class IngestConfig(Section):
     episodes_per_task: int = Field(5, ge=1, le=100_000)
     seed_start: int = Field(0, ge=0)
     expert_noise: float = Field(0.1, ge=0.0, le=1.0, description="std of Gaussian action noise")
+    execution_noise: float = Field(0.0, ge=0.0, le=10.0, description="RoboTwin, DART: the env runs the expert's "
+                                   "targets off by a drifting offset of this scale, the demos keep the clean ones")
     hdf5_files: list[str] = Field(default_factory=list, description="LIBERO: import these official "
                                   "`<task>_demo.hdf5` files instead of running the expert")
 
@@ -268,6 +270,13 @@ class Params(Section):
     rl: RlConfig = RlConfig()
     export: ExportConfig = ExportConfig()
     report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="after")
+    def _across_sections(self) -> "Params":
+        if self.ingest.execution_noise and self.env.family != "robotwin":
+            raise ValueError(f"ingest.execution_noise (DART) is implemented for RoboTwin's expert only; env.family is "
+                             f"{self.env.family!r}: set it to 0")
+        return self
 
 
 def _describe(error: dict) -> str:

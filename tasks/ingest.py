@@ -25,7 +25,8 @@ def generate_demos(params: Params) -> dict:
         env = make_env(params.env)
         try:
             episodes, per_task = collect_demonstrations(env, recorder_for(family), list(params.env.tasks),
-                                                        cfg.episodes_per_task, cfg.seed_start, cfg.expert_noise)
+                                                        cfg.episodes_per_task, cfg.seed_start, cfg.expert_noise,
+                                                        cfg.execution_noise)
         finally:
             env.close()
     write_dataset(params.paths.demos, episodes, fps=DEMO_FPS[family], robot_type=ROBOT_TYPE[family])

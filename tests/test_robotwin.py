@@ -40,6 +40,15 @@ def test_success_is_false_at_reset_and_true_after_the_expert(physics_env, task):
     assert len(episode.actions) < TASKS[task].step_limit
 
 
+def test_dart_demonstrations_succeed_off_course_and_label_the_way_back(physics_env):
+    clean, clean_success = record_demonstration(physics_env, "stack_blocks_two", 3, noise=0.0)
+    dart, dart_success = record_demonstration(physics_env, "stack_blocks_two", 3, noise=0.0, execution_noise=0.5)
+    assert clean_success and dart_success
+    lag = lambda episode: np.abs(episode.states[:, :6] - episode.actions[:, :6]).mean()  # noqa: E731
+    assert lag(dart) > 1.2 * lag(clean), "the arm ran off the labelled targets"
+    assert np.all(np.isin(dart.actions[:, [6, 13]], [0.0, 1.0])), "gripper labels stay clean"
+
+
 def test_a_seed_reproduces_the_initial_poses(physics_env):
     def poses(seed):
         obs = physics_env.reset("blocks_ranking_rgb", seed)

@@ -7,11 +7,12 @@ from typing import Callable
 from svrl_core.data import Episode
 from svrl_core.envs import VLAEnv
 
-Recorder = Callable[[VLAEnv, str, int, float], "tuple[Episode, bool]"]
+Recorder = Callable[..., "tuple[Episode, bool]"]  # (env, task, seed, noise[, execution_noise])
 
 
 def recorder_for(family: str) -> Recorder:
-    """`record_demonstration(env, task, seed, noise) -> (episode, success)` of the family's expert."""
+    """`record_demonstration(env, task, seed, noise) -> (episode, success)` of the family's expert
+    (RoboTwin's also takes `execution_noise`, DART)."""
     if family == "toy":
         from svrl_core.experts.toy_reach import record_demonstration
     elif family == "libero":
@@ -24,8 +25,9 @@ def recorder_for(family: str) -> Recorder:
 
 
 def collect_demonstrations(env: VLAEnv, record: Recorder, tasks: list[str], per_task: int, seed_start: int,
-                           noise: float) -> tuple[list[Episode], dict]:
+                           noise: float, execution_noise: float = 0.0) -> tuple[list[Episode], dict]:
     """`per_task` successful expert episodes per task, from consecutive seeds; failures are dropped.
+    `execution_noise` > 0 (DART) is passed to the recorder, which then must accept it.
 
     Returns the episodes and, per task, the expert's success rate over its attempts.
     """
@@ -35,7 +37,8 @@ def collect_demonstrations(env: VLAEnv, record: Recorder, tasks: list[str], per_
         while len(kept) < per_task:
             if attempts >= 10 * per_task:
                 raise RuntimeError(f"ingest: the expert succeeded only {len(kept)}/{attempts} times on {task!r}")
-            episode, success = record(env, task, seed_start + attempts, noise)
+            dart = {"execution_noise": execution_noise} if execution_noise else {}
+            episode, success = record(env, task, seed_start + attempts, noise, **dart)
             attempts += 1
             if success:
                 kept.append(episode)

@@ -5,7 +5,9 @@ the block's side of the table): move above, descend, close, lift, carry, lower, 
 return home. Motions are straight lines of the TCP, solved to joint targets by SAPIEN's
 Pinocchio IK every control step; the action is the 14 joint targets [left 6, left gripper,
 right 6, right gripper]. Noise (std `noise` x 0.02 rad, a quarter of it while holding) is
-added to the joint targets so that demonstrations differ.
+added to the joint targets so that demonstrations differ. With `execution_noise` (DART), the env
+runs joint targets pushed off by a slowly drifting offset while the episode records the script's
+clean targets, so the demonstrations show how to get back on course.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ OPEN, CLOSED = 1.0, 0.0
 SPEED = 0.012  # metres of TCP travel per control step (0.3 m/s)
 HOVER = 0.08  # above an object before descending onto it
 LIFT = 0.07
-JOINT_NOISE = 0.02  # radians per unit of ingest's expert_noise
+JOINT_NOISE = 0.02  # radians per unit of ingest's expert_noise and execution_noise
+DRIFT_DECAY = 0.9  # per step: the executed offset wanders for about 10 steps (0.4 s) before it fades
 FINGER_CLEARANCE = 0.02  # the fingertips stay this far above the table
 
 
@@ -175,7 +178,29 @@ def _slerp(q0: np.ndarray, q1: np.ndarray, fraction: float) -> np.ndarray:
     return (np.sin((1 - fraction) * angle) * q0 + np.sin(fraction * angle) * q1) / np.sin(angle)
 
 
-def record_demonstration(env: RoboTwinEnv, task: str, seed: int, noise: float) -> tuple[Episode, bool]:
-    """Run the task's script from layout `seed`, one action per step; returns the episode and its success."""
+class JointDrift:
+    """DART's perturbation: an offset on the 12 arm joints that follows an AR(1) random walk (std
+    `scale` x JOINT_NOISE per step), a quarter of it on an arm whose gripper is closed."""
+
+    ARM_JOINTS = (slice(0, 6), slice(7, 13))  # left, right; their grippers are 6 and 13
+    GRIPPERS = (6, 13)
+
+    def __init__(self, rng: np.random.Generator, scale: float):
+        self.rng, self.scale = rng, scale
+        self.offset = np.zeros(14)
+
+    def __call__(self, action: np.ndarray) -> np.ndarray:
+        """(14,) clean joint targets -> (14,) executed ones; the grippers are never perturbed."""
+        for joints, gripper in zip(self.ARM_JOINTS, self.GRIPPERS):
+            std = self.scale * JOINT_NOISE * (0.25 if action[gripper] == CLOSED else 1.0)
+            self.offset[joints] = DRIFT_DECAY * self.offset[joints] + self.rng.normal(0.0, std, 6)
+        return (action + self.offset).astype(np.float32)
+
+
+def record_demonstration(env: RoboTwinEnv, task: str, seed: int, noise: float,
+                         execution_noise: float = 0.0) -> tuple[Episode, bool]:
+    """Run the task's script from layout `seed`, one action per step; returns the episode and its success.
+    `execution_noise` > 0: the env runs the script's targets plus a JointDrift, the episode keeps them clean."""
     rng = np.random.default_rng([seed, 7919])
-    return record_episode(env, task, seed, lambda: BoxExpert(env, rng, noise).act)
+    drift = JointDrift(np.random.default_rng([seed, 104729]), execution_noise) if execution_noise else None
+    return record_episode(env, task, seed, lambda: BoxExpert(env, rng, noise).act, execute=drift)
