@@ -15,12 +15,14 @@ def rl_flow(params_path: str = "params.yaml") -> dict:
     """GRPO from the SFT policy with a binary success reward (SimpleVLA-RL)."""
     params = load_params(params_path)
     with tracking_run("rl", params) as run:
-        history = train_rl_policy(params, lambda row: run.log({f"rl/{k}": v for k, v in row.items()},
+        history, unsolvable = train_rl_policy(params, lambda row: run.log({f"rl/{k}": v for k, v in row.items()},
                                                               step=row["iteration"]))
     write_json_atomic(join(params.paths.plots, "rl_history.json"), history)
     first, last = history[0], history[-1]
     summary = {"iterations": len(history), "env_steps": sum(r["env_steps"] for r in history),
                **{f"first_{k}": first[k] for k in SUMMARY_KEYS}, **{f"last_{k}": last[k] for k in SUMMARY_KEYS}}
+    if unsolvable is not None:
+        summary["unsolvable_layouts"] = unsolvable
     write_metrics(params, "rl", summary)
     remove_directory(params.paths.rl_state)  # outputs written: a rerun (new code, same config) starts afresh
     return summary

@@ -57,6 +57,8 @@ class EnvConfig(Section):
                                                            "triangles for the cameras (0: stock meshes)")
     msaa: bool = Field(False, description="LIBERO: 4x multisampling, as the stock renderer (slower on CPU)")
     cached_tasks: int = Field(2, ge=1, le=100, description="LIBERO: live task scenes kept per env slot")
+    solvable_layouts_only: bool = Field(False, description="RoboTwin: evaluation and RL skip layouts the expert "
+                                        "fails on (SimpleVLA-RL); the metrics list the skipped seeds")
 
     @model_validator(mode="after")
     def _consistent(self) -> "EnvConfig":
@@ -67,6 +69,8 @@ class EnvConfig(Section):
         if self.family == "toy" and not isinstance(self.max_steps, int):
             raise ValueError(f"max_steps presets ({self.max_steps!r}) are for LIBERO and RoboTwin; the toy env "
                              "needs a number")
+        if self.solvable_layouts_only and self.family != "robotwin":
+            raise ValueError(f"solvable_layouts_only filters RoboTwin's seeded layouts; {self.family} has none to skip")
         if self.image_height is not None and self.family != "robotwin":
             raise ValueError(f"image_height is for RoboTwin's head camera; {self.family} images are square")
         return self

@@ -14,7 +14,8 @@ from tasks.metrics import read_existing_json, read_metrics
 def write_pipeline_report(params: Params) -> str:
     sft, rl = read_metrics(params, "eval_sft"), read_metrics(params, "eval_rl")
     history = read_json(join(params.paths.plots, "rl_history.json"))
-    return write_report(params.report.title, sft, rl, history, params.paths.report, describe_protocol(params),
+    protocol = describe_protocol(params) + describe_skipped_layouts(params, sft)
+    return write_report(params.report.title, sft, rl, history, params.paths.report, protocol,
                         {label: read_baseline(label, path) for label, path in params.report.baselines.items()})
 
 
@@ -39,6 +40,17 @@ def describe_protocol(params: Params) -> str:
             f"{'trained on them too (as SimpleVLA-RL does)' if overlap(trained) else 'never saw them'}. "
             f"Step limit: evaluation {params.env.max_steps}, RL rollouts "
             f"{params.env.max_steps if rl.max_steps is None else rl.max_steps}. Policy: {describe_policy(params)}.")
+
+
+def describe_skipped_layouts(params: Params, evaluation: dict) -> str:
+    """With env.solvable_layouts_only: how many layouts evaluation and RL skipped because the expert failed them."""
+    if not params.env.solvable_layouts_only:
+        return ""
+    rl = read_metrics(params, "rl")
+    count = lambda table: sum(len(seeds) for seeds in table.get("unsolvable_layouts", {}).values())  # noqa: E731
+    skipped = sorted(seed for seeds in evaluation.get("unsolvable_layouts", {}).values() for seed in seeds)
+    return (f" Only layouts the expert solves: evaluation skipped {count(evaluation)} as unsolvable"
+            f"{f' (seeds {skipped})' if skipped else ''}, RL {count(rl)}.")
 
 
 def describe_policy(params: Params) -> str:

@@ -11,9 +11,11 @@ from prefect import task
 
 from svrl_core.algos.grpo_trainer import train_grpo
 from svrl_core.config import EnvConfig, Params
+from svrl_core.experts.layouts import consecutive
 from svrl_core.io import join
 from svrl_core.policies import load_policy
 from tasks.cluster import env_pool
+from tasks.layouts import solvable_layouts
 from tasks.metrics import engine_overrides
 
 
@@ -34,11 +36,13 @@ def rl_env_config(params: Params) -> EnvConfig:
 
 
 @task(tags=["envs"])
-def train_rl_policy(params: Params, on_iteration: Callable[[dict], None]) -> list[dict]:
+def train_rl_policy(params: Params, on_iteration: Callable[[dict], None]) -> tuple[list[dict], dict | None]:
+    """-> (one metrics row per iteration, task -> layouts skipped as unsolvable or None when not filtering)."""
     policy = load_policy(params.paths.sft_model, params.policy)
-    with env_pool(rl_env_config(params), params.compute) as pool:
+    with solvable_layouts(params.env) as layouts, env_pool(rl_env_config(params), params.compute) as pool:
         history = train_grpo(policy, pool, list(params.env.tasks), params.rl, on_iteration,
                              state_dir=params.paths.rl_state, fingerprint=run_fingerprint(params),
-                             engine_overrides=engine_overrides(params))
+                             engine_overrides=engine_overrides(params),
+                             seed_of=layouts.seed if layouts else consecutive)
     policy.save(params.paths.rl_model)
-    return history
+    return history, layouts.unsolvable() if layouts else None

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -77,6 +79,20 @@ def test_report_says_which_states_training_saw():
     assert "RL never saw them" in toy and "Demonstrations never used" in toy
     assert "Policy: TinyVLA (mlp trunk)" in toy
     assert "Policy: OpenVLA-OFT from models/openvla-oft." in describe_protocol(load_params("configs/libero_oft_7b.yaml"))
+
+
+def test_report_counts_the_layouts_skipped_as_unsolvable(tmp_path):
+    from svrl_core.config import load_params
+    from tasks.report import describe_skipped_layouts
+
+    robotwin = load_params("configs/robotwin.yaml")
+    assert describe_skipped_layouts(robotwin, {}) == "", "not filtering: nothing to say"
+    filtered = robotwin.model_copy(update={
+        "env": robotwin.env.model_copy(update={"solvable_layouts_only": True}),
+        "paths": robotwin.paths.model_copy(update={"metrics": str(tmp_path)})})
+    (tmp_path / "rl.json").write_text(json.dumps({"unsolvable_layouts": {"stack_blocks_two": [1003, 1010]}}))
+    text = describe_skipped_layouts(filtered, {"unsolvable_layouts": {"stack_blocks_two": [100007]}})
+    assert "evaluation skipped 1 as unsolvable (seeds [100007]), RL 2." in text
 
 
 def test_evaluation_reports_sampled_success_beside_greedy(tiny_policy, tiny_params):

@@ -123,7 +123,7 @@ def test_pipeline_runs_end_to_end_on_a_dual_arm_task(prefect_server, tmp_path, m
     for section, values in TINY.items():
         params[section].update(values)
     params["env"].update(family="robotwin", tasks=["stack_blocks_two"], image_size=32, image_height=24,
-                         max_steps="oft")
+                         max_steps="oft", solvable_layouts_only=True)
     params["policy"]["unnormalized_action_dims"] = [6, 13]
     params["compute"]["envs_per_worker"] = 4
     params["eval"]["seed_start"] = 100_000
@@ -135,8 +135,9 @@ def test_pipeline_runs_end_to_end_on_a_dual_arm_task(prefect_server, tmp_path, m
     sft_flow()
     table = eval_sft_flow()
     assert table["episodes"] == 2 and table["per_task"]["stack_blocks_two"]["errors"] == 0
+    assert table["unsolvable_layouts"] == {}, "the expert solves these layouts (test_success_is_false_at_reset...)"
     rl_summary = rl_flow()
-    assert rl_summary["iterations"] == 1 and rl_summary["env_steps"] > 0
+    assert rl_summary["iterations"] == 1 and rl_summary["env_steps"] > 0 and "unsolvable_layouts" in rl_summary
     eval_rl_flow()
     export_flow()
     spec = json.loads((tmp_path / "exports/policy_bundle/bundle.json").read_text())

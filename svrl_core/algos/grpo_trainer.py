@@ -14,6 +14,7 @@ import torch
 
 from svrl_core.algos.grpo import clipped_policy_loss, group_advantages, keep_mixed_groups
 from svrl_core.config import RlConfig
+from svrl_core.experts.layouts import SeedMap, consecutive
 from svrl_core.policies import PolicyInputs, VLAPolicy, token_log_probs
 from svrl_core.progress import Progress
 from svrl_core.rollout import EnvPool, EpisodeRequest, RolloutStats, Trajectory, run_episodes
@@ -37,6 +38,7 @@ class PromptSampler:
     cursor: int = 0
     initial_states: int | None = None
     shuffle_seed: int | None = None
+    seed_of: SeedMap = consecutive  # the n-th initial state from seed_start: every one, or the solvable ones
 
     def prompt(self, index: int) -> tuple[str, int]:
         """The index-th prompt: (task, initial state)."""
@@ -46,8 +48,8 @@ class PromptSampler:
             index = int(np.random.default_rng([self.shuffle_seed, epoch]).permutation(n_prompts)[position])
         task = self.tasks[index % len(self.tasks)]
         if self.initial_states is None:
-            return task, self.seed_start + index
-        return task, self.seed_start + (index // len(self.tasks)) % self.initial_states
+            return task, self.seed_of(task, self.seed_start, index)
+        return task, self.seed_of(task, self.seed_start, (index // len(self.tasks)) % self.initial_states)
 
     def next_requests(self, n_prompts: int, group_size: int) -> list[EpisodeRequest]:
         requests = []
@@ -58,9 +60,10 @@ class PromptSampler:
         return requests
 
 
-def prompt_sampler(tasks: list[str], cfg: RlConfig) -> PromptSampler:
+def prompt_sampler(tasks: list[str], cfg: RlConfig, seed_of: SeedMap = consecutive) -> PromptSampler:
     shuffle_seed = cfg.seed if cfg.prompt_order == "shuffle" else None
-    return PromptSampler(tasks, cfg.seed_start, initial_states=cfg.initial_states, shuffle_seed=shuffle_seed)
+    return PromptSampler(tasks, cfg.seed_start, initial_states=cfg.initial_states, shuffle_seed=shuffle_seed,
+                         seed_of=seed_of)
 
 
 def may_refill(cfg: RlConfig, attempt: int, episodes: int) -> bool:
@@ -222,14 +225,15 @@ def grpo_iteration(policy: VLAPolicy, pool: EnvPool, trainer: DeepSpeedTrainer, 
 def train_grpo(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: RlConfig,
                on_iteration: Callable[[dict], None] = lambda row: None,
                state_dir: str | Path | None = None, fingerprint: str = "",
-               engine_overrides: dict | None = None) -> list[dict]:
+               engine_overrides: dict | None = None, seed_of: SeedMap = consecutive) -> list[dict]:
     """Run `cfg.iterations` GRPO iterations on `policy` in place; returns one metrics row per iteration.
+    `seed_of` picks the initial states (every one, or the layouts the expert solves).
 
     With `state_dir`, the state is saved every `cfg.checkpoint_every` iterations and a run
     with the same fingerprint resumes from it, giving the same metrics as an uninterrupted run.
     """
     torch.manual_seed(cfg.seed)
-    sampler, history = prompt_sampler(tasks, cfg), []
+    sampler, history = prompt_sampler(tasks, cfg, seed_of), []
     saved = load_training_state(state_dir, fingerprint) if state_dir else None
     if saved:  # weights first: ZeRO builds its partitions from them when the engine starts
         policy.load_weights_of(saved.policy)

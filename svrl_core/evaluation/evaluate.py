@@ -5,13 +5,15 @@ from __future__ import annotations
 import torch
 
 from svrl_core.config import EvalConfig
+from svrl_core.experts.layouts import SeedMap, consecutive
 from svrl_core.policies import VLAPolicy
 from svrl_core.rollout import EnvPool, EpisodeRequest, Trajectory, run_episodes
 
 
-def evaluation_requests(tasks: list[str], cfg: EvalConfig) -> list[EpisodeRequest]:
-    """The same initial states for every policy: seeds seed_start .. seed_start + n - 1 per task."""
-    return [EpisodeRequest(task, cfg.seed_start + j) for task in tasks for j in range(cfg.episodes_per_task)]
+def evaluation_requests(tasks: list[str], cfg: EvalConfig, seed_of: SeedMap = consecutive) -> list[EpisodeRequest]:
+    """The same initial states for every policy: per task, the first n seeds from seed_start (all of
+    them, or those `seed_of` keeps)."""
+    return [EpisodeRequest(task, seed_of(task, cfg.seed_start, j)) for task in tasks for j in range(cfg.episodes_per_task)]
 
 
 def success_table(trajectories: list[Trajectory]) -> dict:
@@ -29,12 +31,13 @@ def success_table(trajectories: list[Trajectory]) -> dict:
             "mean_steps": sum(t.steps for t in trajectories) / len(trajectories), "per_task": per_task}
 
 
-def evaluate_policy(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: EvalConfig) -> tuple[dict, list[Trajectory]]:
+def evaluate_policy(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: EvalConfig,
+                    seed_of: SeedMap = consecutive) -> tuple[dict, list[Trajectory]]:
     """Greedy rollouts on the evaluation initial states -> (success table, greedy trajectories).
 
     With `cfg.sampled_temperature` the same states are rolled out again sampling (seeded by
     `cfg.seed_start`); the table's "sampled" entry holds that success table."""
-    requests = evaluation_requests(tasks, cfg)
+    requests = evaluation_requests(tasks, cfg, seed_of)
     trajectories = run_episodes(policy, pool, requests, None, progress_name="eval")
     table = success_table(trajectories)
     if cfg.sampled_temperature is not None:
