@@ -116,10 +116,20 @@ class PolicyConfig(Section):
     hidden_dim: int = Field(256, ge=16, le=4096)
     max_instruction_bytes: int = Field(64, ge=8, le=1024)
     unnormalized_action_dims: list[int] = Field(default_factory=list, description="gripper dims, kept in [-1, 1]")
+    action_bounds: Literal["q01_q99", "min_max"] = Field("q01_q99", description="what maps to [-1, 1] before "
+        "binning: q01/q99 (OpenVLA, LIBERO's deltas) clips the extreme 1% of labels; min/max (OFT on ALOHA's "
+        "absolute joints) clips none; TinyVLA only")
     trunk: Literal["mlp", "oft-transformer"] = Field("mlp", description="fusion trunk, see policies/trunks.py")
     transformer_width: int = Field(64, ge=8, le=8192)
     transformer_layers: int = Field(2, ge=1, le=64)
     transformer_heads: int = Field(4, ge=1, le=128)
+
+    @model_validator(mode="after")
+    def _bounds_supported(self) -> "PolicyConfig":
+        if self.family == "openvla-oft" and self.action_bounds != "q01_q99":
+            raise ValueError("action_bounds: min_max is implemented for TinyVLA; OpenVLA-OFT checkpoints carry "
+                             "q01/q99 statistics: use q01_q99")
+        return self
 
 
 class ComputeConfig(Section):

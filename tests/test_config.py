@@ -101,3 +101,8 @@ def test_temperature_and_clip_ranges():
     for bad in ({"temperature": 0}, {"clip_low": 1.0}, {"clip_high": 0}, {"group_size": 1}):
         with pytest.raises(ConfigError, match=f"rl.{next(iter(bad))} = "):
             parse_params({"rl": bad})
+
+
+def test_min_max_action_bounds_are_refused_for_openvla_oft():
+    with pytest.raises(ConfigError, match="action_bounds: min_max is implemented for TinyVLA"):
+        parse_params({"policy": {"family": "openvla-oft", "action_bounds": "min_max"}})

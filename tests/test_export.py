@@ -27,6 +27,21 @@ def test_bundle_reproduces_in_process_actions_exactly(tiny_policy_any_trunk, tin
     assert np.array_equal(bundle.act(obs[0].images["main"], obs[0].proprio, obs[0].instruction), expected[0])
 
 
+def test_a_min_max_policy_bundle_reaches_the_label_extremes(tiny_params, tiny_dataset, tmp_path):
+    from svrl_core.policies import new_policy
+
+    policy = new_policy(tiny_params.policy.model_copy(update={"action_bounds": "min_max"}), tiny_dataset, seed=0)
+    stats = tiny_dataset.stats["action"]
+    assert np.allclose(policy.actions.low, stats["min"]) and np.allclose(policy.actions.high, stats["max"])
+    export_bundle(policy, tmp_path / "bundle", "tiny")
+    bins = np.array([[[0] * policy.action_dim, [tiny_params.policy.n_bins - 1] * policy.action_dim]])  # (1, 2, D)
+    got = BundlePolicy(tmp_path / "bundle").bins_to_actions(bins)
+    assert np.array_equal(got, policy.bins_to_actions(bins))
+    normalized, top = policy.actions.normalize_mask, np.asarray(stats["max"])
+    half_bin = (top - np.asarray(stats["min"])) / tiny_params.policy.n_bins / 2
+    assert np.allclose(got[0, 1, normalized], (top - half_bin)[normalized]), "the top bin decodes to max - half a bin"
+
+
 def test_bundle_with_an_unknown_decoding_is_refused(tiny_policy, tmp_path):
     tiny_policy.decoding = "mode"
     export_bundle(tiny_policy, tmp_path / "bundle", "tiny")

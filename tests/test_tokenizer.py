@@ -47,3 +47,17 @@ def test_constant_dimension_does_not_divide_by_zero():
 def test_decode_rejects_out_of_range_bins():
     with pytest.raises(ValueError, match=r"\[0, 256\)"):
         tokenizer().decode(np.array([0, 256, 3]))
+
+
+def test_min_max_bounds_keep_the_extreme_labels_that_q01_q99_clips():
+    # absolute joint targets: the extremes (e.g. a far grasp) are rare but must stay reachable
+    labels = np.concatenate([np.linspace(0.0, 1.0, 990), np.linspace(1.0, 1.3, 10)])[:, None]  # (1000, 1)
+    stats = {"min": [0.0], "max": [1.3], "q01": np.quantile(labels, 0.01, 0).tolist(),
+             "q99": np.quantile(labels, 0.99, 0).tolist()}
+    q99 = ActionTokenizer.from_stats(stats, 256)
+    bounds = ActionTokenizer.from_stats(stats, 256, bounds="min_max")
+    assert (bounds.low[0], bounds.high[0]) == (0.0, 1.3)
+    assert np.abs(bounds.decode(bounds.encode(labels)) - labels).max() <= 1.3 / 256 / 2 + 1e-6
+    assert np.abs(q99.decode(q99.encode(labels)) - labels).max() > 0.2, "q01/q99 cannot reach the far grasp"
+    again = ActionTokenizer.from_dict(bounds.to_dict())
+    assert np.array_equal(again.decode(np.array([[255]])), bounds.decode(np.array([[255]])))

@@ -1,4 +1,4 @@
-"""Action tokenizer: q01/q99 normalization to [-1, 1], then bins (OpenVLA style).
+"""Action tokenizer: q01/q99 (or min/max) normalization to [-1, 1], then bins (OpenVLA style).
 
 Dimensions whose `normalize_mask` is False (grippers) are used as they are, clipped to
 [-1, 1], as OpenVLA leaves the gripper unnormalized. Two binnings:
@@ -18,19 +18,22 @@ import numpy as np
 
 @dataclass(frozen=True)
 class ActionTokenizer:
-    low: np.ndarray  # (D,) q01 of the training actions
-    high: np.ndarray  # (D,) q99
+    low: np.ndarray  # (D,) q01 (or min) of the training actions, mapped to -1
+    high: np.ndarray  # (D,) q99 (or max), mapped to 1
     normalize_mask: np.ndarray  # (D,) bool
     n_bins: int = 256
     binning: Literal["uniform", "openvla"] = "uniform"
 
     @classmethod
     def from_stats(cls, action_stats: dict, n_bins: int, unnormalized_dims: tuple[int, ...] = (),
-                   binning: Literal["uniform", "openvla"] = "uniform") -> "ActionTokenizer":
-        low = np.asarray(action_stats["q01"], dtype=np.float64)
+                   binning: Literal["uniform", "openvla"] = "uniform",
+                   bounds: Literal["q01_q99", "min_max"] = "q01_q99") -> "ActionTokenizer":
+        """From feature statistics; `bounds` picks the pair mapped to [-1, 1] (min_max clips no label)."""
+        low_key, high_key = bounds.split("_")
+        low = np.asarray(action_stats[low_key], dtype=np.float64)
         mask = np.ones_like(low, dtype=bool)
         mask[list(unnormalized_dims)] = False
-        return cls(low, np.asarray(action_stats["q99"], dtype=np.float64), mask, n_bins, binning)
+        return cls(low, np.asarray(action_stats[high_key], dtype=np.float64), mask, n_bins, binning)
 
     @property
     def action_dim(self) -> int:
