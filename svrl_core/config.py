@@ -116,6 +116,8 @@ class PolicyConfig(Section):
     hidden_dim: int = Field(256, ge=16, le=4096)
     max_instruction_bytes: int = Field(64, ge=8, le=1024)
     unnormalized_action_dims: list[int] = Field(default_factory=list, description="gripper dims, kept in [-1, 1]")
+    binary_action_dims: list[int] = Field(default_factory=list, description="dims whose labels take two values "
+        "(grippers): actions snap to the nearer (OpenVLA binarizes its gripper); TinyVLA only")
     action_bounds: Literal["q01_q99", "min_max"] = Field("q01_q99", description="what maps to [-1, 1] before "
         "binning: q01/q99 (OpenVLA, LIBERO's deltas) clips the extreme 1% of labels; min/max (OFT on ALOHA's "
         "absolute joints) clips none; TinyVLA only")
@@ -129,6 +131,8 @@ class PolicyConfig(Section):
         if self.family == "openvla-oft" and self.action_bounds != "q01_q99":
             raise ValueError("action_bounds: min_max is implemented for TinyVLA; OpenVLA-OFT checkpoints carry "
                              "q01/q99 statistics: use q01_q99")
+        if self.family == "openvla-oft" and self.binary_action_dims:
+            raise ValueError("binary_action_dims is implemented for TinyVLA; for OpenVLA-OFT leave it empty")
         return self
 
 

@@ -103,6 +103,8 @@ def test_temperature_and_clip_ranges():
             parse_params({"rl": bad})
 
 
-def test_min_max_action_bounds_are_refused_for_openvla_oft():
+def test_tinyvla_only_action_options_are_refused_for_openvla_oft():
     with pytest.raises(ConfigError, match="action_bounds: min_max is implemented for TinyVLA"):
         parse_params({"policy": {"family": "openvla-oft", "action_bounds": "min_max"}})
+    with pytest.raises(ConfigError, match="binary_action_dims is implemented for TinyVLA"):
+        parse_params({"policy": {"family": "openvla-oft", "binary_action_dims": [6]}})

@@ -27,19 +27,20 @@ def test_bundle_reproduces_in_process_actions_exactly(tiny_policy_any_trunk, tin
     assert np.array_equal(bundle.act(obs[0].images["main"], obs[0].proprio, obs[0].instruction), expected[0])
 
 
-def test_a_min_max_policy_bundle_reaches_the_label_extremes(tiny_params, tiny_dataset, tmp_path):
+def test_min_max_bounds_and_binary_dims_survive_export(tiny_params, tiny_dataset, tmp_path):
     from svrl_core.policies import new_policy
 
-    policy = new_policy(tiny_params.policy.model_copy(update={"action_bounds": "min_max"}), tiny_dataset, seed=0)
-    stats = tiny_dataset.stats["action"]
+    cfg = tiny_params.policy.model_copy(update={"action_bounds": "min_max", "binary_action_dims": [1]})
+    policy = new_policy(cfg, tiny_dataset, seed=0)
+    stats, n_bins = tiny_dataset.stats["action"], cfg.n_bins
     assert np.allclose(policy.actions.low, stats["min"]) and np.allclose(policy.actions.high, stats["max"])
     export_bundle(policy, tmp_path / "bundle", "tiny")
-    bins = np.array([[[0] * policy.action_dim, [tiny_params.policy.n_bins - 1] * policy.action_dim]])  # (1, 2, D)
-    got = BundlePolicy(tmp_path / "bundle").bins_to_actions(bins)
-    assert np.array_equal(got, policy.bins_to_actions(bins))
-    normalized, top = policy.actions.normalize_mask, np.asarray(stats["max"])
-    half_bin = (top - np.asarray(stats["min"])) / tiny_params.policy.n_bins / 2
-    assert np.allclose(got[0, 1, normalized], (top - half_bin)[normalized]), "the top bin decodes to max - half a bin"
+    every_bin = np.repeat(np.arange(n_bins)[None, :, None], policy.action_dim, axis=2)  # (1, n_bins, D)
+    got = BundlePolicy(tmp_path / "bundle").bins_to_actions(every_bin)
+    assert np.array_equal(got, policy.bins_to_actions(every_bin))
+    assert set(got[0, :, 1].tolist()) == {np.float32(stats["min"][1]), np.float32(stats["max"][1])}, "binary dim"
+    half_bin = (stats["max"][0] - stats["min"][0]) / n_bins / 2
+    assert got[0, -1, 0] == pytest.approx(stats["max"][0] - half_bin, rel=1e-5), "min/max: the top bin reaches max"
 
 
 def test_bundle_with_an_unknown_decoding_is_refused(tiny_policy, tmp_path):

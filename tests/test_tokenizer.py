@@ -61,3 +61,14 @@ def test_min_max_bounds_keep_the_extreme_labels_that_q01_q99_clips():
     assert np.abs(q99.decode(q99.encode(labels)) - labels).max() > 0.2, "q01/q99 cannot reach the far grasp"
     again = ActionTokenizer.from_dict(bounds.to_dict())
     assert np.array_equal(again.decode(np.array([[255]])), bounds.decode(np.array([[255]])))
+
+
+def test_binary_dims_decode_to_the_nearer_label_value():
+    stats = {"q01": [-1.0, 0.0], "q99": [1.0, 1.0]}
+    tok = ActionTokenizer.from_stats(stats, 256, unnormalized_dims=(1,), binary_dims=(1,))
+    gripper = tok.decode(np.stack([np.full(256, 128), np.arange(256)], axis=1))[:, 1]  # (256,) every bin
+    assert set(gripper.tolist()) == {0.0, 1.0}
+    assert gripper[192] == 1.0 and gripper[191] == 0.0, "bin centre 0.496 -> closed (0), 0.504 -> open (1)"
+    assert ActionTokenizer.from_dict(tok.to_dict()).binary_mask.tolist() == [False, True]
+    old = {k: v for k, v in tok.to_dict().items() if k != "binary_mask"}  # a checkpoint from before binary dims
+    assert ActionTokenizer.from_dict(old).decode(np.array([128, 191]))[1] == pytest.approx(0.49609375)

@@ -132,7 +132,7 @@ class BundlePolicy:
         return ids
 
     def bins_to_actions(self, bins: np.ndarray) -> np.ndarray:
-        """(B, K, D) bins -> (B, K, D) actions: bin centre, then undo the q01/q99 scaling."""
+        """(B, K, D) bins -> (B, K, D) actions: bin centre, undo the q01/q99 scaling, binarize grippers."""
         post = self.spec["postprocessing"]
         if post.get("binning", "uniform") == "openvla":  # 256 edges, 255 centres; the top bin decodes as the one below
             edges = np.linspace(-1.0, 1.0, post["n_bins"])
@@ -142,7 +142,9 @@ class BundlePolicy:
             normalized = ((edges[:-1] + edges[1:]) / 2)[bins]
         low, high = np.asarray(post["low"]), np.asarray(post["high"])
         scaled = (normalized + 1.0) / 2.0 * (high - low) + low
-        return np.where(np.asarray(post["normalize_mask"], bool), scaled, normalized).astype(np.float32)
+        actions = np.where(np.asarray(post["normalize_mask"], bool), scaled, normalized)
+        binary = np.asarray(post.get("binary_mask", [False] * len(low)), bool)  # grippers: low or high, the nearer
+        return np.where(binary, np.where(actions >= (low + high) / 2, high, low), actions).astype(np.float32)
 
     @torch.no_grad()
     def act_batch(self, images: np.ndarray, proprio: np.ndarray, instructions: list[str]) -> np.ndarray:

@@ -127,6 +127,6 @@ def new_tiny_policy(cfg: PolicyConfig, data: DemoDataset, seed: int) -> TinyVLAP
         transformer_width=cfg.transformer_width, transformer_layers=cfg.transformer_layers,
         transformer_heads=cfg.transformer_heads))
     tokenizer = ActionTokenizer.from_stats(data.stats["action"], cfg.n_bins, tuple(cfg.unnormalized_action_dims),
-                                           bounds=cfg.action_bounds)
+                                           bounds=cfg.action_bounds, binary_dims=tuple(cfg.binary_action_dims))
     return TinyVLAPolicy(model.eval(), tokenizer, np.asarray(state_stats["mean"], dtype=np.float32),
                          np.asarray(state_stats["std"], dtype=np.float32), data.stats)

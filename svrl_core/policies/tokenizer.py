@@ -1,7 +1,9 @@
 """Action tokenizer: q01/q99 (or min/max) normalization to [-1, 1], then bins (OpenVLA style).
 
 Dimensions whose `normalize_mask` is False (grippers) are used as they are, clipped to
-[-1, 1], as OpenVLA leaves the gripper unnormalized. Two binnings:
+[-1, 1], as OpenVLA leaves the gripper unnormalized. Dimensions in `binary_mask` (grippers whose
+labels take two values) decode to the nearer of low and high, as OpenVLA binarizes its gripper
+before the robot sees it. Two binnings:
 - "uniform" (svrl's default): `n_bins` equal-width bins, every bin decodes to its own centre;
 - "openvla" (what OpenVLA / OpenVLA-OFT checkpoints were trained with): edges
   linspace(-1, 1, n_bins), bin = digitize - 1, decoded to the n_bins - 1 centres between edges
@@ -23,17 +25,20 @@ class ActionTokenizer:
     normalize_mask: np.ndarray  # (D,) bool
     n_bins: int = 256
     binning: Literal["uniform", "openvla"] = "uniform"
+    binary_mask: np.ndarray | None = None  # (D,) bool: decoded to low or high, whichever is nearer
 
     @classmethod
     def from_stats(cls, action_stats: dict, n_bins: int, unnormalized_dims: tuple[int, ...] = (),
                    binning: Literal["uniform", "openvla"] = "uniform",
-                   bounds: Literal["q01_q99", "min_max"] = "q01_q99") -> "ActionTokenizer":
+                   bounds: Literal["q01_q99", "min_max"] = "q01_q99",
+                   binary_dims: tuple[int, ...] = ()) -> "ActionTokenizer":
         """From feature statistics; `bounds` picks the pair mapped to [-1, 1] (min_max clips no label)."""
         low_key, high_key = bounds.split("_")
         low = np.asarray(action_stats[low_key], dtype=np.float64)
-        mask = np.ones_like(low, dtype=bool)
+        mask, binary = np.ones_like(low, dtype=bool), np.zeros_like(low, dtype=bool)
         mask[list(unnormalized_dims)] = False
-        return cls(low, np.asarray(action_stats[high_key], dtype=np.float64), mask, n_bins, binning)
+        binary[list(binary_dims)] = True
+        return cls(low, np.asarray(action_stats[high_key], dtype=np.float64), mask, n_bins, binning, binary)
 
     @property
     def action_dim(self) -> int:
@@ -73,13 +78,25 @@ class ActionTokenizer:
         bins = np.asarray(bins)
         if bins.min(initial=0) < 0 or bins.max(initial=0) >= self.n_bins:
             raise ValueError(f"action bins must lie in [0, {self.n_bins}), got [{bins.min()}, {bins.max()}]")
-        return self.unnormalize(self.bin_centres[bins]).astype(np.float32)
+        return snap_binary(self.unnormalize(self.bin_centres[bins]), self.low, self.high, self.binary_mask)
 
     def to_dict(self) -> dict:
         return {"low": self.low.tolist(), "high": self.high.tolist(),
-                "normalize_mask": self.normalize_mask.tolist(), "n_bins": self.n_bins, "binning": self.binning}
+                "normalize_mask": self.normalize_mask.tolist(), "n_bins": self.n_bins, "binning": self.binning,
+                "binary_mask": (np.zeros_like(self.normalize_mask) if self.binary_mask is None
+                                else self.binary_mask).tolist()}
 
     @classmethod
     def from_dict(cls, spec: dict) -> "ActionTokenizer":
+        binary = spec.get("binary_mask")  # absent in checkpoints from before binary dims
         return cls(np.asarray(spec["low"]), np.asarray(spec["high"]),
-                   np.asarray(spec["normalize_mask"], dtype=bool), int(spec["n_bins"]), spec.get("binning", "uniform"))
+                   np.asarray(spec["normalize_mask"], dtype=bool), int(spec["n_bins"]), spec.get("binning", "uniform"),
+                   None if binary is None else np.asarray(binary, dtype=bool))
+
+
+def snap_binary(actions: np.ndarray, low: np.ndarray, high: np.ndarray, binary: np.ndarray | None) -> np.ndarray:
+    """(..., D) actions -> float32, the `binary` dims moved to low or high, whichever is nearer."""
+    if binary is None or not binary.any():
+        return np.asarray(actions, dtype=np.float32)
+    snapped = np.where(actions >= (low + high) / 2, high, low)
+    return np.where(binary, snapped, actions).astype(np.float32)
