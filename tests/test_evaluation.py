@@ -86,10 +86,11 @@ def test_report_counts_the_layouts_skipped_as_unsolvable(tmp_path):
     from tasks.report import describe_skipped_layouts
 
     robotwin = load_params("configs/robotwin.yaml")
-    assert describe_skipped_layouts(robotwin, {}) == "", "not filtering: nothing to say"
-    filtered = robotwin.model_copy(update={
-        "env": robotwin.env.model_copy(update={"solvable_layouts_only": True}),
+    with_filter = lambda on: robotwin.model_copy(update={  # noqa: E731
+        "env": robotwin.env.model_copy(update={"solvable_layouts_only": on}),
         "paths": robotwin.paths.model_copy(update={"metrics": str(tmp_path)})})
+    assert describe_skipped_layouts(with_filter(False), {}) == "", "not filtering: nothing to say"
+    filtered = with_filter(True)
     (tmp_path / "rl.json").write_text(json.dumps({"unsolvable_layouts": {"stack_blocks_two": [1003, 1010]}}))
     text = describe_skipped_layouts(filtered, {"unsolvable_layouts": {"stack_blocks_two": [100007]}})
     assert "evaluation skipped 1 as unsolvable (seeds [100007]), RL 2." in text
