@@ -6,7 +6,6 @@ from prefect import task
 
 from svrl_core.config import Params
 from svrl_core.evaluation import evaluate_policy, save_episode_gifs
-from svrl_core.experts.layouts import consecutive
 from svrl_core.policies import load_policy
 from tasks.cluster import env_pool
 from tasks.layouts import solvable_layouts
@@ -18,8 +17,8 @@ def evaluate_checkpoint(params: Params, model_dir: str, videos_dir: str) -> dict
     policy.decoding = params.eval.decoding
     tasks = list(params.eval.tasks or params.env.tasks)
     with solvable_layouts(params.env) as layouts, env_pool(params.env, params.compute) as pool:
-        table, trajectories = evaluate_policy(policy, pool, tasks, params.eval, layouts.seed if layouts else consecutive)
-    if layouts:
+        table, trajectories = evaluate_policy(policy, pool, tasks, params.eval, layouts.seed)
+    if layouts.unsolvable() is not None:
         table["unsolvable_layouts"] = layouts.unsolvable()
     gifs = save_episode_gifs(trajectories, videos_dir, params.eval.n_videos, policy.camera)
     table["decoding"] = policy.decoding

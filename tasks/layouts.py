@@ -7,14 +7,14 @@ from typing import Iterator
 
 from svrl_core.config import EnvConfig
 from svrl_core.experts import recorder_for
-from svrl_core.experts.layouts import SolvableLayouts
+from svrl_core.experts.layouts import EveryLayout, SolvableLayouts
 
 
 @contextmanager
-def solvable_layouts(env_cfg: EnvConfig) -> Iterator[SolvableLayouts | None]:
-    """A SolvableLayouts on a physics-only env of its own (no renderer), or None when not filtering."""
+def solvable_layouts(env_cfg: EnvConfig) -> Iterator[SolvableLayouts | EveryLayout]:
+    """A SolvableLayouts on a physics-only env of its own (no renderer), or EveryLayout when not filtering."""
     if not env_cfg.solvable_layouts_only:
-        yield None
+        yield EveryLayout()
         return
     from svrl_core.envs.robotwin import RoboTwinEnv
 

@@ -11,7 +11,6 @@ from prefect import task
 
 from svrl_core.algos.grpo_trainer import train_grpo
 from svrl_core.config import EnvConfig, Params
-from svrl_core.experts.layouts import consecutive
 from svrl_core.io import join
 from svrl_core.policies import load_policy
 from tasks.cluster import env_pool
@@ -43,6 +42,6 @@ def train_rl_policy(params: Params, on_iteration: Callable[[dict], None]) -> tup
         history = train_grpo(policy, pool, list(params.env.tasks), params.rl, on_iteration,
                              state_dir=params.paths.rl_state, fingerprint=run_fingerprint(params),
                              engine_overrides=engine_overrides(params),
-                             seed_of=layouts.seed if layouts else consecutive)
+                             seed_of=layouts.seed)
     policy.save(params.paths.rl_model)
-    return history, layouts.unsolvable() if layouts else None
+    return history, layouts.unsolvable()

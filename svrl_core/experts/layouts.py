@@ -20,6 +20,15 @@ def consecutive(task: str, start: int, n: int) -> int:
     return start + n
 
 
+class EveryLayout:
+    """No filter: the n-th episode from `start` uses seed start + n, and nothing is skipped (None)."""
+
+    seed = staticmethod(consecutive)
+
+    def unsolvable(self) -> None:
+        return None
+
+
 class SolvableLayouts:
     """The n-th layout from a start seed that the expert solves; unsolvable ones are skipped and kept.
 
