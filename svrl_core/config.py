@@ -121,6 +121,8 @@ class PolicyConfig(Section):
     action_bounds: Literal["q01_q99", "min_max"] = Field("q01_q99", description="what maps to [-1, 1] before "
         "binning: q01/q99 (OpenVLA, LIBERO's deltas) clips the extreme 1% of labels; min/max (OFT on ALOHA's "
         "absolute joints) clips none; TinyVLA only")
+    relative_action_dims: list[int] = Field(default_factory=list, description="dims binned as the change from "
+        "the proprio at the chunk's first frame (delta joints; needs proprio in the action's layout); TinyVLA only")
     trunk: Literal["mlp", "oft-transformer"] = Field("mlp", description="fusion trunk, see policies/trunks.py")
     transformer_width: int = Field(64, ge=8, le=8192)
     transformer_layers: int = Field(2, ge=1, le=64)
@@ -133,6 +135,11 @@ class PolicyConfig(Section):
                              "q01/q99 statistics: use q01_q99")
         if self.family == "openvla-oft" and self.binary_action_dims:
             raise ValueError("binary_action_dims is implemented for TinyVLA; for OpenVLA-OFT leave it empty")
+        if self.family == "openvla-oft" and self.relative_action_dims:
+            raise ValueError("relative_action_dims is implemented for TinyVLA; for OpenVLA-OFT leave it empty")
+        if set(self.relative_action_dims) & set(self.unnormalized_action_dims):
+            raise ValueError(f"relative_action_dims {self.relative_action_dims} and unnormalized_action_dims "
+                             f"{self.unnormalized_action_dims} overlap: grippers stay absolute")
         return self
 
 

@@ -31,7 +31,7 @@ def export_policy(params: Params) -> dict:
     finally:
         env.close()
     inputs = policy.prepare(observations)
-    expected = policy.bins_to_actions(policy.greedy(inputs))
+    expected = policy.bins_to_actions(policy.greedy(inputs), np.stack([o.proprio for o in observations]))
     with local_directory(params.paths.export) as local:
         bundle = BundlePolicy(local)
         size = sum(f.stat().st_size for f in local.rglob("*") if f.is_file())

@@ -108,3 +108,10 @@ def test_tinyvla_only_action_options_are_refused_for_openvla_oft():
         parse_params({"policy": {"family": "openvla-oft", "action_bounds": "min_max"}})
     with pytest.raises(ConfigError, match="binary_action_dims is implemented for TinyVLA"):
         parse_params({"policy": {"family": "openvla-oft", "binary_action_dims": [6]}})
+    with pytest.raises(ConfigError, match="relative_action_dims is implemented for TinyVLA"):
+        parse_params({"policy": {"family": "openvla-oft", "relative_action_dims": [0]}})
+
+
+def test_relative_grippers_are_refused():
+    with pytest.raises(ConfigError, match="overlap: grippers stay absolute"):
+        parse_params({"policy": {"relative_action_dims": [0, 6], "unnormalized_action_dims": [6]}})

@@ -43,6 +43,31 @@ def test_min_max_bounds_and_binary_dims_survive_export(tiny_params, tiny_dataset
     assert got[0, -1, 0] == pytest.approx(stats["max"][0] - half_bin, rel=1e-5), "min/max: the top bin reaches max"
 
 
+def test_relative_dims_survive_export(tiny_params, tiny_dataset, tmp_path):
+    from svrl_core.data.batches import chunk_moves
+    from svrl_core.policies import new_policy
+
+    cfg = tiny_params.policy.model_copy(update={"relative_action_dims": [0, 1]})  # toy proprio: the agent's xy
+    policy = new_policy(cfg, tiny_dataset, seed=0)
+    moves = chunk_moves(tiny_dataset, cfg.chunk_size)  # (M, D)
+    assert np.allclose(policy.actions.low, np.quantile(moves, 0.01, axis=0))
+    export_bundle(policy, tmp_path / "bundle", "tiny")
+    bundle = BundlePolicy(tmp_path / "bundle")
+    every_bin = np.repeat(np.arange(cfg.n_bins)[None, :, None], policy.action_dim, axis=2)  # (1, n_bins, D)
+    proprio = np.array([[0.3, 0.7]], dtype=np.float32)
+    got = bundle.bins_to_actions(every_bin, proprio)
+    assert np.array_equal(got, policy.bins_to_actions(every_bin, proprio))
+    assert np.allclose(got - proprio[:, None], policy.actions.unnormalize(policy.actions.bin_centres[:, None])[None], atol=1e-6)
+    with pytest.raises(BundleError, match="relative to the proprio"):
+        bundle.bins_to_actions(every_bin)
+    env = ToyReachEnv(tiny_params.env)
+    obs = [env.reset(task, seed) for task in tiny_params.env.tasks for seed in range(3)]
+    proprio = np.stack([o.proprio for o in obs])
+    expected = policy.bins_to_actions(policy.greedy(policy.prepare(obs)), proprio)
+    got = bundle.act_batch(np.stack([o.images["main"] for o in obs]), proprio, [o.instruction for o in obs])
+    assert np.array_equal(got, expected)
+
+
 def test_bundle_with_an_unknown_decoding_is_refused(tiny_policy, tmp_path):
     tiny_policy.decoding = "mode"
     export_bundle(tiny_policy, tmp_path / "bundle", "tiny")

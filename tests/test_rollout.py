@@ -214,3 +214,15 @@ def test_unreachable_scheduler_fails_within_the_timeout(tiny_params):
         with env_pool(tiny_params.env, compute):
             pass
     assert time.monotonic() - began < 30
+
+
+def test_relative_policies_act_from_the_proprio_each_chunk_starts_at(tiny_params, tiny_dataset):
+    from svrl_core.policies import new_policy
+
+    policy = new_policy(tiny_params.policy.model_copy(update={"relative_action_dims": [0, 1]}), tiny_dataset, seed=0)
+    pool = LocalEnvPool(tiny_params.env, 1)
+    sent, step = [], pool.step
+    pool.step = lambda slots, actions: sent.append(actions) or step(slots, actions)
+    start = pool.reset([0], [requests(tiny_params)[0]])[0].proprio  # what run_episodes' own reset will see
+    trajectory = run_episodes(policy, pool, requests(tiny_params)[:1], None)[0]
+    assert np.array_equal(sent[0][0], policy.bins_to_actions(trajectory.bins[0][None], start[None])[0])

@@ -72,3 +72,27 @@ def test_binary_dims_decode_to_the_nearer_label_value():
     assert ActionTokenizer.from_dict(tok.to_dict()).binary_mask.tolist() == [False, True]
     old = {k: v for k, v in tok.to_dict().items() if k != "binary_mask"}  # a checkpoint from before binary dims
     assert ActionTokenizer.from_dict(old).decode(np.array([128, 191]))[1] == pytest.approx(0.49609375)
+
+
+def test_relative_dims_bin_the_move_from_the_proprio_and_add_it_back():
+    stats = {"q01": [-0.1, 0.0], "q99": [0.1, 1.0]}  # joint: moves of +-0.1 rad; gripper: absolute
+    tok = ActionTokenizer.from_stats(stats, 256, unnormalized_dims=(1,), relative_dims=(0,))
+    rng = np.random.default_rng(0)
+    states = np.stack([rng.uniform(-2.0, 2.0, 5), rng.uniform(0, 1, 5)], axis=1)  # (B, D) far outside +-0.1
+    actions = states[:, None, :] + np.stack([rng.uniform(-0.1, 0.1, (5, 3)), np.zeros((5, 3))], axis=2)  # (B, K, D)
+    actions[..., 1] = 0.5
+    decoded = tok.decode(tok.encode(actions, states), states)
+    assert np.abs(decoded[..., 0] - actions[..., 0]).max() <= 0.2 / 256 / 2 + 1e-6, "a half bin of the move's range"
+    assert np.allclose(decoded[..., 1], 0.5, atol=1 / 256), "the gripper stays absolute"
+    with pytest.raises(ValueError, match="relative to the proprio"):
+        tok.decode(tok.encode(actions, states))
+    with pytest.raises(ValueError, match="action's layout"):
+        tok.encode(actions, states[:, :1])
+    assert ActionTokenizer.from_dict(tok.to_dict()).relative_mask.tolist() == [True, False]
+    old = {k: v for k, v in tok.to_dict().items() if k != "relative_mask"}  # a checkpoint from before relative dims
+    assert not ActionTokenizer.from_dict(old).is_relative
+
+
+def test_a_relative_gripper_is_refused():
+    with pytest.raises(ValueError, match="must be normalized dims"):
+        ActionTokenizer.from_stats({"q01": [0.0], "q99": [1.0]}, 256, unnormalized_dims=(0,), relative_dims=(0,))

@@ -36,7 +36,7 @@ def test_sft_loss_falls_at_every_step_on_one_batch_through_deepspeed(tiny_params
     policy = new_policy(tiny_params.policy, tiny_dataset, seed=0)
     batch = next(iterate_chunk_batches(tiny_dataset, tiny_dataset.tasks, 4, 32, np.random.default_rng(0)))
     inputs = policy.prepare_arrays(batch.images, batch.states, batch.instructions)
-    targets = torch.from_numpy(policy.actions.encode(batch.actions)).flatten(1)  # (B, K * D)
+    targets = torch.from_numpy(policy.actions.encode(batch.actions, batch.states)).flatten(1)  # (B, K * D)
     mask = torch.from_numpy(np.repeat(batch.action_mask, policy.action_dim, axis=1))  # (B, K * D)
     trainer = DeepSpeedTrainer(policy.model, lr=3e-3, weight_decay=0.0, grad_clip=1.0, batch_size=32)
     policy.model.train()

@@ -39,7 +39,7 @@ def train_sft(policy: VLAPolicy, data: DemoDataset, instructions: list[str], cfg
     for step in range(1, cfg.steps + 1):
         batch = next(batches)
         inputs = policy.prepare_arrays(batch.images, batch.states, batch.instructions)
-        targets = torch.from_numpy(policy.actions.encode(batch.actions)).flatten(1)  # (B, K * D)
+        targets = torch.from_numpy(policy.actions.encode(batch.actions, batch.states)).flatten(1)  # (B, K * D)
         mask = torch.from_numpy(np.repeat(batch.action_mask, policy.action_dim, axis=1))  # (B, K * D)
         loss, metrics = sft_loss(trainer.forward(inputs), targets, mask)
         metrics["grad_norm"] = trainer.backward_step(loss)

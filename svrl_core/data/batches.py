@@ -36,6 +36,18 @@ def chunk_indices(episode_index: np.ndarray, chunk_size: int) -> tuple[np.ndarra
     return indices, mask
 
 
+def chunk_moves(data: DemoDataset, chunk_size: int) -> np.ndarray:
+    """(M, D) every real chunk action minus the state at its chunk's first frame: what relative actions bin.
+
+    Needs states in the action's layout (RoboTwin's proprio: joints and gripper openings)."""
+    if data.states.shape[1] != data.actions.shape[1]:
+        raise ValueError(f"relative actions need a state in the action's layout: the demos have {data.states.shape[1]} "
+                         f"state dims and {data.actions.shape[1]} action dims; leave policy.relative_action_dims empty")
+    indices, mask = chunk_indices(data.episode_index, chunk_size)
+    moves = data.actions[indices] - data.states[:, None, :]  # (N, K, D)
+    return moves[mask]
+
+
 def iterate_chunk_batches(data: DemoDataset, instructions: list[str], chunk_size: int,
                           batch_size: int, rng: np.random.Generator) -> Iterator[ChunkBatch]:
     """Endless shuffled batches; `instructions[i]` is the text of `data.tasks[i]`."""

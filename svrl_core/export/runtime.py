@@ -131,8 +131,9 @@ class BundlePolicy:
             ids[row, width - len(prompt):width] = prompt
         return ids
 
-    def bins_to_actions(self, bins: np.ndarray) -> np.ndarray:
-        """(B, K, D) bins -> (B, K, D) actions: bin centre, undo the q01/q99 scaling, binarize grippers."""
+    def bins_to_actions(self, bins: np.ndarray, proprio: np.ndarray | None = None) -> np.ndarray:
+        """(B, K, D) bins -> (B, K, D) actions: bin centre, undo the q01/q99 scaling, binarize grippers, and
+        add the proprio (B, D) to the dims that are relative to it."""
         post = self.spec["postprocessing"]
         if post.get("binning", "uniform") == "openvla":  # 256 edges, 255 centres; the top bin decodes as the one below
             edges = np.linspace(-1.0, 1.0, post["n_bins"])
@@ -144,7 +145,13 @@ class BundlePolicy:
         scaled = (normalized + 1.0) / 2.0 * (high - low) + low
         actions = np.where(np.asarray(post["normalize_mask"], bool), scaled, normalized)
         binary = np.asarray(post.get("binary_mask", [False] * len(low)), bool)  # grippers: low or high, the nearer
-        return np.where(binary, np.where(actions >= (low + high) / 2, high, low), actions).astype(np.float32)
+        actions = np.where(binary, np.where(actions >= (low + high) / 2, high, low), actions).astype(np.float32)
+        relative = np.asarray(post.get("relative_mask", [False] * len(low)), bool)
+        if not relative.any():
+            return actions
+        if proprio is None:
+            raise BundleError("this bundle's actions are relative to the proprio: pass it to bins_to_actions")
+        return (actions + np.where(relative, np.asarray(proprio, np.float64), 0.0)[:, None, :]).astype(np.float32)
 
     @torch.no_grad()
     def act_batch(self, images: np.ndarray, proprio: np.ndarray, instructions: list[str]) -> np.ndarray:
@@ -153,7 +160,7 @@ class BundlePolicy:
         post = self.spec["postprocessing"]
         bins = decode_bins(logits, post["decoding"]).numpy()
         bins = bins.reshape(len(instructions), post["chunk_size"], post["action_dim"])
-        return self.bins_to_actions(bins)
+        return self.bins_to_actions(bins, proprio)
 
     def act(self, image: np.ndarray, proprio: np.ndarray, instruction: str) -> np.ndarray:
         """One observation -> its (K, D) action chunk."""

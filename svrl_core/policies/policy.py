@@ -156,9 +156,10 @@ class VLAPolicy:
         log_probs, entropy = token_log_probs(logits, bins.flatten(1), temperature)
         return self._chunk(log_probs), self._chunk(entropy)
 
-    def bins_to_actions(self, bins: torch.Tensor | np.ndarray) -> np.ndarray:
-        """(B, K, D) bins -> (B, K, D) float32 env actions."""
-        return self.actions.decode(np.asarray(bins))
+    def bins_to_actions(self, bins: torch.Tensor | np.ndarray, states: np.ndarray | None = None) -> np.ndarray:
+        """(B, K, D) bins -> (B, K, D) float32 env actions; `states` (B, S), the raw proprio the chunk was
+        predicted from, is needed when the policy's actions are relative to it."""
+        return self.actions.decode(np.asarray(bins), states)
 
     # --- persistence -----------------------------------------------------------------
     def save(self, directory: str | Path) -> None:

@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 
 from svrl_core.config import PolicyConfig
 from svrl_core.data import DemoDataset
+from svrl_core.data.batches import chunk_moves
+from svrl_core.data.stats import feature_stats
 from svrl_core.io import atomic_directory, write_json_atomic
 from svrl_core.policies.policy import (STATE_EPS, CheckpointError, PolicyInputs, VLAPolicy, read_checkpoint_json,
                                        restore_hint)
@@ -114,6 +116,16 @@ class TinyVLAPolicy(VLAPolicy):
                                   f"{restore_hint(name)}") from None
 
 
+def action_label_stats(data: DemoDataset, cfg: PolicyConfig) -> dict[str, list]:
+    """The statistics the action bins span: the dataset's action stats, and for `relative_action_dims` those
+    of the chunk actions' change from the chunk's first state."""
+    if not cfg.relative_action_dims:
+        return data.stats["action"]
+    moves = feature_stats(chunk_moves(data, cfg.chunk_size))
+    relative = np.isin(np.arange(data.actions.shape[1]), cfg.relative_action_dims)
+    return {key: np.where(relative, moves[key], data.stats["action"][key]).tolist() for key in ("q01", "q99", "min", "max")}
+
+
 def new_tiny_policy(cfg: PolicyConfig, data: DemoDataset, seed: int) -> TinyVLAPolicy:
     """A freshly initialized TinyVLA sized for `data` (first camera, its state and action dims)."""
     camera = next(iter(data.images))
@@ -126,7 +138,9 @@ def new_tiny_policy(cfg: PolicyConfig, data: DemoDataset, seed: int) -> TinyVLAP
         max_instruction_bytes=cfg.max_instruction_bytes, camera=camera, trunk=cfg.trunk,
         transformer_width=cfg.transformer_width, transformer_layers=cfg.transformer_layers,
         transformer_heads=cfg.transformer_heads))
-    tokenizer = ActionTokenizer.from_stats(data.stats["action"], cfg.n_bins, tuple(cfg.unnormalized_action_dims),
-                                           bounds=cfg.action_bounds, binary_dims=tuple(cfg.binary_action_dims))
+    tokenizer = ActionTokenizer.from_stats(action_label_stats(data, cfg), cfg.n_bins,
+                                           tuple(cfg.unnormalized_action_dims), bounds=cfg.action_bounds,
+                                           binary_dims=tuple(cfg.binary_action_dims),
+                                           relative_dims=tuple(cfg.relative_action_dims))
     return TinyVLAPolicy(model.eval(), tokenizer, np.asarray(state_stats["mean"], dtype=np.float32),
                          np.asarray(state_stats["std"], dtype=np.float32), data.stats)

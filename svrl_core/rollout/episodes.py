@@ -130,7 +130,7 @@ def _run_stage(policy: VLAPolicy, pool: EnvPool, requests: list[EpisodeRequest],
         else:
             bins, _ = policy.sample(inputs, temperature, generator)
         bins = bins.numpy()  # (B, K, D)
-        actions = policy.bins_to_actions(bins)
+        actions = policy.bins_to_actions(bins, np.stack([obs[i].proprio for i in ids]))
         stepped = time.monotonic()
         results = pool.step([live[i] for i in ids], actions)
         stats.inference_time_s += stepped - began
