@@ -187,6 +187,8 @@ class SftConfig(Section):
     steps: int = Field(400, ge=1, le=10_000_000)
     batch_size: int = Field(64, ge=1, le=65_536)
     lr: float = Field(1e-3, gt=0.0, le=1.0)
+    lr_schedule: Literal["constant", "cosine"] = Field("constant", description="cosine: from lr down to 0 at "
+                                                        "the last step")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     grad_clip: float = Field(1.0, gt=0.0)
     seed: int = Field(0, ge=0)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from svrl_core.algos.grpo_trainer import PromptSampler, collect_mixed_groups, grpo_update, train_grpo
-from svrl_core.algos.sft import sft_loss, train_sft
+from svrl_core.algos.sft import scheduled_lr, sft_loss, train_sft
 from svrl_core.data import iterate_chunk_batches
 from svrl_core.policies import new_policy
 from svrl_core.rollout import LocalEnvPool, RolloutStats
@@ -56,6 +56,23 @@ def test_train_sft_lowers_the_loss_on_shuffled_batches(tiny_params, tiny_dataset
     history = train_sft(policy, tiny_dataset, tiny_dataset.tasks, cfg)
     assert history[-1]["loss"] < 0.6 * history[0]["loss"]
     assert all(np.isfinite(row["grad_norm"]) for row in history)
+
+
+def test_cosine_schedule_runs_from_lr_to_zero_through_the_engine(tiny_params, tiny_dataset):
+    cfg = tiny_params.sft.model_copy(update={"steps": 5, "lr": 1e-2, "lr_schedule": "cosine", "log_every": 1})
+    assert [scheduled_lr(cfg, s) for s in (1, 3, 5)] == pytest.approx([1e-2, 5e-3, 0.0])
+    assert scheduled_lr(cfg.model_copy(update={"lr_schedule": "constant"}), 5) == 1e-2
+    policy = new_policy(tiny_params.policy, tiny_dataset, seed=0)
+    history = train_sft(policy, tiny_dataset, tiny_dataset.tasks, cfg)
+    assert [row["lr"] for row in history] == pytest.approx([1e-2, 1e-2 * 0.5 * (1 + np.cos(np.pi / 4)), 5e-3,
+                                                            1e-2 * 0.5 * (1 - np.cos(np.pi / 4)), 0.0])
+    before = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    trainer = DeepSpeedTrainer(policy.model, lr=1e-2, weight_decay=0.0, grad_clip=1.0, batch_size=4)
+    trainer.set_lr(0.0)  # the last cosine step: the engine's optimizer must really take the new rate
+    batch = next(iterate_chunk_batches(tiny_dataset, tiny_dataset.tasks, policy.chunk_size, 4, np.random.default_rng(0)))
+    logits = trainer.forward(policy.prepare_arrays(batch.images, batch.states, batch.instructions))
+    trainer.backward_step(logits.logsumexp(-1).mean())
+    assert all(torch.equal(before[k], v) for k, v in policy.model.state_dict().items())
 
 
 def test_deepspeed_engine_steps_the_optimizer():

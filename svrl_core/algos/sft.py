@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -25,6 +26,13 @@ def sft_loss(logits: torch.Tensor, target_bins: torch.Tensor, mask: torch.Tensor
     return loss, {"loss": loss.item(), "token_accuracy": float(accuracy)}
 
 
+def scheduled_lr(cfg: SftConfig, step: int) -> float:
+    """The learning rate of (1-based) `step`: constant, or cosine from `lr` to 0 at the last step."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - 1) / max(cfg.steps - 1, 1)))
+
+
 def train_sft(policy: VLAPolicy, data: DemoDataset, instructions: list[str], cfg: SftConfig,
               engine_overrides: dict | None = None) -> list[dict]:
     """Train `policy` in place; returns the logged metrics rows."""
@@ -38,13 +46,14 @@ def train_sft(policy: VLAPolicy, data: DemoDataset, instructions: list[str], cfg
     policy.model.train()
     for step in range(1, cfg.steps + 1):
         batch = next(batches)
+        trainer.set_lr(scheduled_lr(cfg, step))
         inputs = policy.prepare_arrays(batch.images, batch.states, batch.instructions)
         targets = torch.from_numpy(policy.actions.encode(batch.actions, batch.states)).flatten(1)  # (B, K * D)
         mask = torch.from_numpy(np.repeat(batch.action_mask, policy.action_dim, axis=1))  # (B, K * D)
         loss, metrics = sft_loss(trainer.forward(inputs), targets, mask)
         metrics["grad_norm"] = trainer.backward_step(loss)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            history.append({"step": step, **metrics, "steps_per_s": step / (time.monotonic() - start)})
+            history.append({"step": step, **metrics, "lr": scheduled_lr(cfg, step), "steps_per_s": step / (time.monotonic() - start)})
         progress.update(step, loss=metrics["loss"], acc=metrics["token_accuracy"])
     policy.model.eval()
     return history

@@ -91,6 +91,11 @@ class DeepSpeedTrainer:
             self._copy_weights_back()
         return grad_norm
 
+    def set_lr(self, lr: float) -> None:
+        """The learning rate of the next steps (the optimizer's every parameter group)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
     def optimizer_state(self) -> dict:
         """This process's optimizer state (its partition under ZeRO), for resumable checkpoints."""
         return self.optimizer.state_dict()
