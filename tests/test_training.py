@@ -8,9 +8,9 @@ import numpy as np
 import torch
 
 from svrl_core.algos.grpo_trainer import PromptSampler, collect_mixed_groups, grpo_update, train_grpo
-from svrl_core.algos.sft import scheduled_lr, sft_loss, train_sft
+from svrl_core.algos.sft import StateNoise, scheduled_lr, sft_loss, train_sft
 from svrl_core.data import iterate_chunk_batches
-from svrl_core.policies import new_policy
+from svrl_core.policies import ActionTokenizer, new_policy
 from svrl_core.rollout import LocalEnvPool, RolloutStats
 from svrl_core.training import DeepSpeedTrainer
 from svrl_core.training.checkpoint import zero_state_types
@@ -73,6 +73,30 @@ def test_cosine_schedule_runs_from_lr_to_zero_through_the_engine(tiny_params, ti
     logits = trainer.forward(policy.prepare_arrays(batch.images, batch.states, batch.instructions))
     trainer.backward_step(logits.logsumexp(-1).mean())
     assert all(torch.equal(before[k], v) for k, v in policy.model.state_dict().items())
+
+
+def test_state_noise_perturbs_only_the_network_input_by_each_dims_std(tiny_params, tiny_dataset, monkeypatch):
+    states = np.zeros((20000, 2), np.float32)
+    noise = StateNoise(np.array([0.5, 0.01]), np.random.default_rng(0))
+    assert np.allclose(noise(states).std(0), [0.5, 0.01], rtol=0.03)
+    assert StateNoise(np.zeros(2), np.random.default_rng(0))(states) is states
+    policy = new_policy(tiny_params.policy, tiny_dataset, seed=0)
+    seen, prepare, encode = {}, policy.prepare_arrays, ActionTokenizer.encode
+
+    def spy_prepare(images, states, texts):
+        seen["input"] = states
+        return prepare(images, states, texts)
+
+    def spy_encode(tokenizer, actions, states=None):
+        seen["label"] = states
+        return encode(tokenizer, actions, states)
+
+    monkeypatch.setattr(policy, "prepare_arrays", spy_prepare)
+    monkeypatch.setattr(ActionTokenizer, "encode", spy_encode)
+    cfg = tiny_params.sft.model_copy(update={"steps": 1, "state_noise": 0.2})
+    train_sft(policy, tiny_dataset, tiny_dataset.tasks, cfg)
+    gap = seen["input"] - seen["label"]
+    assert 0.1 < (gap.std(0) / np.asarray(tiny_dataset.stats["observation.state"]["std"])).min() < 0.3
 
 
 def test_deepspeed_engine_steps_the_optimizer():

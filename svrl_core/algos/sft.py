@@ -33,6 +33,20 @@ def scheduled_lr(cfg: SftConfig, step: int) -> float:
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * (step - 1) / max(cfg.steps - 1, 1)))
 
 
+class StateNoise:
+    """Gaussian noise on the proprio the network reads (not on what relative labels are measured from), so
+    that it cannot copy the arm's state forward and must find the target in the image."""
+
+    def __init__(self, std: np.ndarray, rng: np.random.Generator):
+        self.std, self.rng = std, rng  # (S,) per state dim
+
+    def __call__(self, states: np.ndarray) -> np.ndarray:
+        """(B, S) -> (B, S) float32."""
+        if not self.std.any():
+            return states
+        return (states + self.rng.normal(size=states.shape) * self.std).astype(np.float32)
+
+
 def train_sft(policy: VLAPolicy, data: DemoDataset, instructions: list[str], cfg: SftConfig,
               engine_overrides: dict | None = None) -> list[dict]:
     """Train `policy` in place; returns the logged metrics rows."""
@@ -42,12 +56,14 @@ def train_sft(policy: VLAPolicy, data: DemoDataset, instructions: list[str], cfg
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     rng = np.random.default_rng(cfg.seed if world == 1 else [cfg.seed, rank])  # each rank its own batches
     batches = iterate_chunk_batches(data, instructions, policy.chunk_size, cfg.batch_size, rng)
+    noisy_states = StateNoise(cfg.state_noise * np.asarray(data.stats["observation.state"]["std"]),
+                              np.random.default_rng([cfg.seed, rank, 1]))
     progress, history, start = Progress("sft", cfg.steps, "steps"), [], time.monotonic()
     policy.model.train()
     for step in range(1, cfg.steps + 1):
         batch = next(batches)
         trainer.set_lr(scheduled_lr(cfg, step))
-        inputs = policy.prepare_arrays(batch.images, batch.states, batch.instructions)
+        inputs = policy.prepare_arrays(batch.images, noisy_states(batch.states), batch.instructions)
         targets = torch.from_numpy(policy.actions.encode(batch.actions, batch.states)).flatten(1)  # (B, K * D)
         mask = torch.from_numpy(np.repeat(batch.action_mask, policy.action_dim, axis=1))  # (B, K * D)
         loss, metrics = sft_loss(trainer.forward(inputs), targets, mask)
