@@ -72,7 +72,8 @@ def full_length_rollouts(policy, pool, requests, temperature: float, max_steps: 
         obs = pool.reset(slots, wave)
         for _ in range(-(-max_steps // k)):
             bins, _ = policy.sample(policy.prepare(obs), temperature, generator)
-            obs = [r.obs for r in pool.step(slots, policy.bins_to_actions(bins.numpy()))]
+            actions = policy.bins_to_actions(bins.numpy(), np.stack([o.proprio for o in obs]))
+            obs = [r.obs for r in pool.step(slots, actions)]
     return time.monotonic() - began
 
 

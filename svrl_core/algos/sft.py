@@ -69,7 +69,8 @@ def train_sft(policy: VLAPolicy, data: DemoDataset, instructions: list[str], cfg
         loss, metrics = sft_loss(trainer.forward(inputs), targets, mask)
         metrics["grad_norm"] = trainer.backward_step(loss)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            history.append({"step": step, **metrics, "lr": scheduled_lr(cfg, step), "steps_per_s": step / (time.monotonic() - start)})
+            history.append({"step": step, **metrics, "lr": scheduled_lr(cfg, step),
+                            "steps_per_s": step / (time.monotonic() - start)})
         progress.update(step, loss=metrics["loss"], acc=metrics["token_accuracy"])
     policy.model.eval()
     return history

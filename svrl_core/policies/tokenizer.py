@@ -39,7 +39,8 @@ class ActionTokenizer:
         For `relative_dims`, `action_stats` must be those of the change from the proprio (`chunk_moves`)."""
         low_key, high_key = bounds.split("_")
         low = np.asarray(action_stats[low_key], dtype=np.float64)
-        mask, binary, relative = np.ones_like(low, dtype=bool), np.zeros_like(low, dtype=bool), np.zeros_like(low, dtype=bool)
+        mask = np.ones_like(low, dtype=bool)
+        binary, relative = np.zeros_like(mask), np.zeros_like(mask)
         mask[list(unnormalized_dims)] = False
         binary[list(binary_dims)] = True
         relative[list(relative_dims)] = True
