@@ -191,6 +191,8 @@ class SftConfig(Section):
                                                         "the last step")
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     grad_clip: float = Field(1.0, gt=0.0)
+    mean_l1_weight: float = Field(0.0, ge=0.0, le=1000.0, description="weight of an L1 loss on each token's "
+                                  "expected bin (what mean decoding acts on) beside the cross-entropy")
     state_noise: float = Field(0.0, ge=0.0, le=10.0, description="std of Gaussian noise on the proprio input, "
                                "as a fraction of each state dim's dataset std (against copying the state forward)")
     seed: int = Field(0, ge=0)

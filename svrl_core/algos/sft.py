@@ -16,14 +16,27 @@ from svrl_core.progress import Progress
 from svrl_core.training import DeepSpeedTrainer
 
 
-def sft_loss(logits: torch.Tensor, target_bins: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """logits (B, T, n_bins), target_bins (B, T), mask (B, T) bool -> mean CE over real tokens."""
-    token_ce = F.cross_entropy(logits.transpose(1, 2), target_bins, reduction="none")  # (B, T)
+def sft_loss(logits: torch.Tensor, target_bins: torch.Tensor, mask: torch.Tensor,
+             bin_centres: torch.Tensor | None = None, mean_l1_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """logits (B, T, n_bins), target_bins (B, T), mask (B, T) bool -> mean CE over real tokens, plus
+    `mean_l1_weight` x the L1 distance between each token's expected bin centre (what mean decoding
+    acts on; `bin_centres` (n_bins,), normalized) and its label's centre."""
     weight = mask.float()
-    loss = (token_ce * weight).sum() / weight.sum().clamp(min=1.0)
+
+    def token_mean(values: torch.Tensor) -> torch.Tensor:  # (B, T) -> mean over real tokens
+        return (values * weight).sum() / weight.sum().clamp(min=1.0)
+
+    ce = token_mean(F.cross_entropy(logits.transpose(1, 2), target_bins, reduction="none"))
+    metrics = {"loss": ce.item()}
+    loss = ce
+    if mean_l1_weight:
+        expected = logits.softmax(-1) @ bin_centres  # (B, T)
+        mean_l1 = token_mean((expected - bin_centres[target_bins]).abs())
+        loss = ce + mean_l1_weight * mean_l1
+        metrics["mean_l1"] = mean_l1.item()
     with torch.no_grad():
-        accuracy = ((logits.argmax(-1) == target_bins).float() * weight).sum() / weight.sum().clamp(min=1.0)
-    return loss, {"loss": loss.item(), "token_accuracy": float(accuracy)}
+        metrics["token_accuracy"] = float(token_mean((logits.argmax(-1) == target_bins).float()))
+    return loss, metrics
 
 
 def scheduled_lr(cfg: SftConfig, step: int) -> float:
@@ -58,6 +71,7 @@ def train_sft(policy: VLAPolicy, data: DemoDataset, instructions: list[str], cfg
     batches = iterate_chunk_batches(data, instructions, policy.chunk_size, cfg.batch_size, rng)
     noisy_states = StateNoise(cfg.state_noise * np.asarray(data.stats["observation.state"]["std"]),
                               np.random.default_rng([cfg.seed, rank, 1]))
+    bin_centres = torch.from_numpy(policy.actions.bin_centres).float()  # (n_bins,)
     progress, history, start = Progress("sft", cfg.steps, "steps"), [], time.monotonic()
     policy.model.train()
     for step in range(1, cfg.steps + 1):
@@ -66,7 +80,7 @@ def train_sft(policy: VLAPolicy, data: DemoDataset, instructions: list[str], cfg
         inputs = policy.prepare_arrays(batch.images, noisy_states(batch.states), batch.instructions)
         targets = torch.from_numpy(policy.actions.encode(batch.actions, batch.states)).flatten(1)  # (B, K * D)
         mask = torch.from_numpy(np.repeat(batch.action_mask, policy.action_dim, axis=1))  # (B, K * D)
-        loss, metrics = sft_loss(trainer.forward(inputs), targets, mask)
+        loss, metrics = sft_loss(trainer.forward(inputs), targets, mask, bin_centres, cfg.mean_l1_weight)
         metrics["grad_norm"] = trainer.backward_step(loss)
         if step % cfg.log_every == 0 or step == cfg.steps:
             history.append({"step": step, **metrics, "lr": scheduled_lr(cfg, step),
