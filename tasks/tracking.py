@@ -40,6 +40,9 @@ def tracking_run(stage: str, params: Params) -> Iterator[object]:
         yield run
     finally:
         run.finish()
+        # finish() returns once the exit record is queued; the offline .wandb log is only
+        # complete on disk when the wandb service closes it, so wait for the service too.
+        wandb.teardown()
 
 
 def log_videos(run, stage: str, paths: list[str]) -> None:
