@@ -149,7 +149,7 @@ class ComputeConfig(Section):
     n_workers: int = Field(2, ge=1, le=1024, description="Dask env workers (LocalCluster)")
     envs_per_worker: int = Field(64, ge=1, le=4096)
     scheduler_address: str | None = Field(None, description="tcp://host:port of a running Dask scheduler")
-    connect_timeout_s: float = Field(30.0, gt=0, le=3600, description="give up on an unreachable scheduler after this")
+    connect_timeout_s: float = Field(90.0, gt=0, le=3600, description="give up on an unreachable scheduler after this")
     max_worker_failures: int = Field(3, ge=0, le=1000, description="env worker losses tolerated per rollout pool")
     env_call_timeout_s: float = Field(600.0, gt=0, le=86_400, description="an env reset/step call on a worker "
                                       "that takes longer counts as a lost worker: restarted, its episodes re-run")
