@@ -124,6 +124,8 @@ class PolicyConfig(Section):
     relative_action_dims: list[int] = Field(default_factory=list, description="dims binned as the change from "
         "the proprio at the chunk's first frame (delta joints; needs proprio in the action's layout); TinyVLA only")
     trunk: Literal["mlp", "oft-transformer"] = Field("mlp", description="fusion trunk, see policies/trunks.py")
+    keypoint_gain: float = Field(1.0, gt=0, le=100, description="keypoint coordinates ([-1, 1]) are multiplied "
+        "by this before the trunk: a block spread of +-0.09 units needs large first-layer weights; TinyVLA only")
     transformer_width: int = Field(64, ge=8, le=8192)
     transformer_layers: int = Field(2, ge=1, le=64)
     transformer_heads: int = Field(4, ge=1, le=128)
@@ -135,6 +137,8 @@ class PolicyConfig(Section):
                              "q01/q99 statistics: use q01_q99")
         if self.family == "openvla-oft" and self.binary_action_dims:
             raise ValueError("binary_action_dims is implemented for TinyVLA; for OpenVLA-OFT leave it empty")
+        if self.family == "openvla-oft" and self.keypoint_gain != 1.0:
+            raise ValueError("keypoint_gain is implemented for TinyVLA; for OpenVLA-OFT leave it at 1")
         if self.family == "openvla-oft" and self.relative_action_dims:
             raise ValueError("relative_action_dims is implemented for TinyVLA; for OpenVLA-OFT leave it empty")
         if set(self.relative_action_dims) & set(self.unnormalized_action_dims):

@@ -130,3 +130,28 @@ def test_transformer_trunk_attends_to_the_instruction_per_row(tiny_params, tiny_
     assert not torch.allclose(alone, policy.model(policy.prepare([other])))
     # rows with other instruction lengths in the batch change nothing: masks are per row
     assert torch.allclose(alone, policy.model(policy.prepare([obs, other]))[:1], atol=1e-5)
+
+
+def test_keypoint_gain_scales_what_the_trunk_reads_and_is_saved(tiny_params, tiny_dataset, tmp_path):
+    from svrl_core.policies import new_policy
+
+    cfg = tiny_params.policy.model_copy(update={"keypoint_gain": 8.0})
+    policy = new_policy(cfg, tiny_dataset, seed=0)
+    seen = []
+    policy.model.trunk.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    inputs = policy.prepare(observations(tiny_params, 3))
+    policy.model(inputs)
+    text = policy.model.instruction(inputs.instruction_ids)
+    raw = policy.model.vision(inputs.images, text).unflatten(1, (-1, 2))  # (B, n_keypoints, 2) in [-1, 1]
+    assert torch.allclose(seen[0], 8.0 * raw)
+    policy.save(tmp_path / "ckpt")
+    assert json.loads((tmp_path / "ckpt" / "config.json").read_text())["keypoint_gain"] == 8.0
+    assert torch.equal(VLAPolicy.load(tmp_path / "ckpt").model(inputs), policy.model(inputs))
+
+
+def test_checkpoints_from_before_keypoint_gain_load_with_gain_one(tiny_policy, tmp_path):
+    tiny_policy.save(tmp_path / "ckpt")
+    config = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    del config["keypoint_gain"]
+    (tmp_path / "ckpt" / "config.json").write_text(json.dumps(config))
+    assert VLAPolicy.load(tmp_path / "ckpt").model.cfg.keypoint_gain == 1.0

@@ -137,7 +137,7 @@ def new_tiny_policy(cfg: PolicyConfig, data: DemoDataset, seed: int) -> TinyVLAP
         instruction_dim=cfg.instruction_dim, hidden_dim=cfg.hidden_dim,
         max_instruction_bytes=cfg.max_instruction_bytes, camera=camera, trunk=cfg.trunk,
         transformer_width=cfg.transformer_width, transformer_layers=cfg.transformer_layers,
-        transformer_heads=cfg.transformer_heads))
+        transformer_heads=cfg.transformer_heads, keypoint_gain=cfg.keypoint_gain))
     tokenizer = ActionTokenizer.from_stats(action_label_stats(data, cfg), cfg.n_bins,
                                            tuple(cfg.unnormalized_action_dims), bounds=cfg.action_bounds,
                                            binary_dims=tuple(cfg.binary_action_dims),

@@ -39,6 +39,7 @@ class TinyVLAConfig:
     transformer_width: int = 64
     transformer_layers: int = 2
     transformer_heads: int = 4
+    keypoint_gain: float = 1.0
     architecture: str = ARCHITECTURE
     image_width: int | None = None  # None: square images
 
@@ -124,4 +125,5 @@ class TinyVLA(nn.Module):
         """-> (B, K * D, n_bins) float32 action-bin logits."""
         text = self.instruction(inputs.instruction_ids)  # (B, E)
         keypoints = self.vision(inputs.images, text).unflatten(1, (-1, 2))  # (B, n_keypoints, 2)
+        keypoints = keypoints * self.cfg.keypoint_gain
         return self.trunk(keypoints, text, inputs.instruction_ids, inputs.states.to(text.dtype)).float()
