@@ -33,7 +33,7 @@ repro: setup  # plain `dvc repro`, with the venv's python first on PATH (dvc.yam
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests  # the slowest tests, to keep make test under 25 min
 
 bench: setup
 	$(PY) -m bench.update
