@@ -166,11 +166,14 @@ def test_truncated_checkpoint_stops_evaluation_with_one_clear_line(project, tmp_
     assert "Traceback" not in result.stderr and not (tmp_path / "metrics").exists()
 
 
+RL_ITERATIONS = 10  # the kill lands after the first checkpoint (iteration 1 or 2), so 10 leave most to resume
+
+
 def rl_params_file(project: Path, out: Path) -> Path:
     params = tiny_params_yaml()
     params["paths"].update(sft_model=str(project / "models/sft"), rl_model=str(out / "rl"),
                            rl_state=str(out / "state"), metrics=str(out / "metrics"), plots=str(out / "plots"))
-    params["rl"].update(iterations=30, checkpoint_every=1, max_idle_iterations=30)
+    params["rl"].update(iterations=RL_ITERATIONS, checkpoint_every=1, max_idle_iterations=RL_ITERATIONS)
     path = out / "params.yaml"
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(params))
@@ -196,14 +199,14 @@ def test_rl_stage_killed_mid_run_resumes_to_the_same_result(project, tmp_path):
     os.killpg(process.pid, signal.SIGKILL)  # the stage and its Dask workers, mid-run
     process.wait()
     done_before_kill = len(json.loads(state.read_text())["history"])
-    assert 0 < done_before_kill < 30 and not (tmp_path / "killed/rl").exists()
+    assert 0 < done_before_kill < RL_ITERATIONS and not (tmp_path / "killed/rl").exists()
 
     run([sys.executable, "-m", "flows.rl", "--params", str(killed)], project)
     clean = rl_params_file(project, tmp_path / "clean")
     run([sys.executable, "-m", "flows.rl", "--params", str(clean)], project)
     resumed_history = json.loads((tmp_path / "killed/plots/rl_history.json").read_text())
     clean_history = json.loads((tmp_path / "clean/plots/rl_history.json").read_text())
-    assert len(resumed_history) == 30 and without_timings(resumed_history) == without_timings(clean_history)
+    assert len(resumed_history) == RL_ITERATIONS and without_timings(resumed_history) == without_timings(clean_history)
     assert (tmp_path / "killed/rl/model.safetensors").read_bytes() == (tmp_path / "clean/rl/model.safetensors").read_bytes()
     # finished: the state is gone, so a rerun with changed code cannot reload the finished run
     assert not (tmp_path / "killed/state").exists() and not (tmp_path / "clean/state").exists()
