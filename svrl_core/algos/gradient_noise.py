@@ -1,0 +1,89 @@
+"""How much of a GRPO update is signal? The gradient noise scale of McCandlish et al. (2018).
+
+Each kept group gives an independent estimate g_i of the policy gradient G. With n of them,
+B_noise = tr(Sigma) / |G|^2 is the batch size, in groups, at which the batch mean's noise equals
+its signal: a batch of B groups has a mean whose expected squared length is |G|^2 (1 + B_noise / B).
+Far below B_noise an optimizer step mostly follows noise; far above it, more rollouts per step
+buy little.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from svrl_core.algos.grpo import LossAggregation, clipped_policy_loss, group_advantages
+from svrl_core.algos.grpo_trainer import QueryBatch
+from svrl_core.policies import VLAPolicy, token_log_probs
+from svrl_core.rollout import Trajectory
+
+
+@dataclass(frozen=True)
+class NoiseScale:
+    groups: int
+    signal: float  # unbiased estimate of |G|^2 (negative when noise swamps it)
+    signal_se: float  # its jackknife standard error over groups
+    noise: float  # tr(Sigma), the variance of one group's gradient summed over parameters
+    split_cosine: float  # mean cosine between the mean gradients of two random halves of the groups
+
+    @property
+    def noise_scale(self) -> float:
+        """B_noise = tr(Sigma) / |G|^2 in groups (inf when no signal was measured)."""
+        return self.noise / self.signal if self.signal > 0 else float("inf")
+
+    @property
+    def noise_scale_lower(self) -> float:
+        """B_noise with |G|^2 at its estimate + 2 standard errors: what the data rule out below."""
+        return self.noise / (self.signal + 2 * self.signal_se)
+
+    def cosine_at(self, batch_groups: float) -> float:
+        """The expected cosine between two independent batches of this many groups."""
+        return 1.0 / (1.0 + self.noise_scale / batch_groups)
+
+
+def _signal_and_noise(grads: np.ndarray) -> tuple[float, float]:
+    """(n, P) per-group gradients -> (unbiased |G|^2, tr(Sigma))."""
+    n = len(grads)
+    total = grads.sum(axis=0)  # (P,)
+    squares = float((grads * grads).sum())
+    signal = (float(total @ total) - squares) / (n * (n - 1))  # mean of g_i . g_j over i != j
+    noise = (squares - float(total @ total) / n) / (n - 1)
+    return signal, noise
+
+
+def noise_scale(grads: np.ndarray, rng: np.random.Generator, splits: int = 50) -> NoiseScale:
+    """grads (n, P), one flattened gradient per group (n >= 4) -> the noise scale and its spread."""
+    n = len(grads)
+    if n < 4:
+        raise ValueError(f"the noise scale needs at least 4 groups, got {n}: roll out more prompts")
+    signal, noise = _signal_and_noise(grads)
+    leave_one_out = np.array([_signal_and_noise(np.delete(grads, i, axis=0))[0] for i in range(n)])
+    signal_se = float(np.sqrt((n - 1) / n * np.sum((leave_one_out - leave_one_out.mean()) ** 2)))
+    cosines = []
+    for _ in range(splits):
+        order = rng.permutation(n)
+        a, b = grads[order[: n // 2]].mean(axis=0), grads[order[n // 2:]].mean(axis=0)
+        cosines.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30)))
+    return NoiseScale(n, signal, signal_se, noise, float(np.mean(cosines)))
+
+
+def group_gradients(policy: VLAPolicy, groups: list[list[Trajectory]], temperature: float,
+                    aggregation: LossAggregation) -> np.ndarray:
+    """The GRPO loss gradient of each group at the rollout policy (ratio 1, so no clipping) -> (n, P)."""
+    params = [p for p in policy.model.parameters() if p.requires_grad]
+    policy.model.train()
+    rows = []
+    for group in groups:
+        advantages = group_advantages(torch.tensor([float(t.success) for t in group]), len(group))  # (G,)
+        n_chunks = max(len(t.observations) for t in group)
+        queries = QueryBatch.of(policy, group)
+        log_probs, _ = token_log_probs(policy.model(queries.inputs), queries.bins, temperature)  # (q, K * D)
+        per_traj = queries.per_trajectory(log_probs, n_chunks)  # (G, T)
+        mask = queries.per_trajectory(queries.mask.float(), n_chunks) > 0
+        loss, _ = clipped_policy_loss(per_traj, per_traj.detach(), advantages, mask, 0.2, 0.2, aggregation)  # ratio 1: unclipped
+        grads = torch.autograd.grad(loss, params)
+        rows.append(torch.cat([g.flatten() for g in grads]).numpy().astype(np.float64))
+    policy.model.eval()
+    return np.stack(rows)
