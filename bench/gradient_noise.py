@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from svrl_core.algos.grpo import AGGREGATIONS, keep_mixed_groups
-from svrl_core.algos.gradient_noise import group_gradients, noise_scale
+from svrl_core.algos.gradient_noise import NoiseScale, group_gradients, noise_scale, parameter_slices
 from svrl_core.algos.grpo_trainer import iteration_seed, prompt_sampler
 from svrl_core.config import load_params
 from svrl_core.policies import load_policy
@@ -54,11 +54,18 @@ def main() -> None:
           f"{step_groups:g} groups (rl.mini_batch_trajectories {cfg.mini_batch_trajectories})", flush=True)
     rng = np.random.default_rng(args.seed)
     for aggregation in AGGREGATIONS:
-        scale = noise_scale(group_gradients(policy, groups, cfg.temperature, aggregation), rng)
-        print(f"{aggregation}: B_noise {scale.noise_scale:.0f} groups, at least {scale.noise_scale_lower:.0f} "
-              f"(|G|^2 {scale.signal:.3g} +- {scale.signal_se:.2g}, tr Sigma {scale.noise:.3g}); cosine of two half-batches of "
-              f"{scale.groups // 2} groups {scale.split_cosine:.3f}; expected cosine of two optimizer steps "
-              f"{scale.cosine_at(step_groups):.3f}", flush=True)
+        grads = group_gradients(policy, groups, cfg.temperature, aggregation)  # (n, P)
+        print(f"{aggregation}: {describe(noise_scale(grads, rng), step_groups)}", flush=True)
+        if aggregation == cfg.loss_agg:
+            for name, columns in parameter_slices(policy.model).items():
+                part = noise_scale(grads[:, columns], rng)
+                print(f"  {name} ({columns.stop - columns.start} values): {describe(part, step_groups)}", flush=True)
+
+
+def describe(scale: NoiseScale, step_groups: float) -> str:
+    return (f"B_noise {scale.noise_scale:.0f} groups, at least {scale.noise_scale_lower:.0f} (|G|^2 {scale.signal:.3g} "
+            f"+- {scale.signal_se:.2g}, tr Sigma {scale.noise:.3g}); cosine of two half-batches of {scale.groups // 2} "
+            f"groups {scale.split_cosine:.3f}; expected cosine of two optimizer steps {scale.cosine_at(step_groups):.3f}")
 
 
 if __name__ == "__main__":

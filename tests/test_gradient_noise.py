@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from svrl_core.algos.gradient_noise import group_gradients, noise_scale
+from svrl_core.algos.gradient_noise import group_gradients, noise_scale, parameter_slices
 from svrl_core.algos.grpo_trainer import PromptSampler, collect_mixed_groups
 from svrl_core.rollout import LocalEnvPool, RolloutStats
 
@@ -41,3 +41,11 @@ def test_a_group_gradient_is_the_grpo_gradient_and_flips_with_the_rewards(tiny_p
     n_params = sum(p.numel() for p in tiny_policy.model.parameters())
     assert grads.shape == (2, n_params) and np.abs(grads[0]).max() > 0
     np.testing.assert_allclose(grads[1], -grads[0], atol=1e-6 * np.abs(grads[0]).max())
+
+
+def test_parameter_slices_cover_every_trainable_value_in_order(tiny_policy):
+    slices = parameter_slices(tiny_policy.model)
+    params = dict(tiny_policy.model.named_parameters())
+    assert list(slices) == list(params)
+    assert [s.stop - s.start for s in slices.values()] == [p.numel() for p in params.values()]
+    assert all(a.stop == b.start for a, b in zip(list(slices.values()), list(slices.values())[1:]))

@@ -43,35 +43,50 @@ class NoiseScale:
         return 1.0 / (1.0 + self.noise_scale / batch_groups)
 
 
-def _signal_and_noise(grads: np.ndarray) -> tuple[float, float]:
-    """(n, P) per-group gradients -> (unbiased |G|^2, tr(Sigma))."""
-    n = len(grads)
-    total = grads.sum(axis=0)  # (P,)
-    squares = float((grads * grads).sum())
-    signal = (float(total @ total) - squares) / (n * (n - 1))  # mean of g_i . g_j over i != j
-    noise = (squares - float(total @ total) / n) / (n - 1)
+def _signal_and_noise(n: int, total_sq: float, squares: float) -> tuple[float, float]:
+    """From n groups' |sum g_i|^2 and sum |g_i|^2 -> (unbiased |G|^2, tr(Sigma))."""
+    signal = (total_sq - squares) / (n * (n - 1))  # the mean of g_i . g_j over i != j
+    noise = (squares - total_sq / n) / (n - 1)
     return signal, noise
 
 
-def noise_scale(grads: np.ndarray, rng: np.random.Generator, splits: int = 50) -> NoiseScale:
+def noise_scale(grads: np.ndarray, rng: np.random.Generator, splits: int = 20) -> NoiseScale:
     """grads (n, P), one flattened gradient per group (n >= 4) -> the noise scale and its spread."""
     n = len(grads)
     if n < 4:
         raise ValueError(f"the noise scale needs at least 4 groups, got {n}: roll out more prompts")
-    signal, noise = _signal_and_noise(grads)
-    leave_one_out = np.array([_signal_and_noise(np.delete(grads, i, axis=0))[0] for i in range(n)])
+    total = grads.sum(axis=0, dtype=np.float64)  # (P,)
+    row_sq = np.array([float(g.astype(np.float64) @ g) for g in grads])  # (n,) |g_i|^2
+    row_dot = np.array([float(g @ total) for g in grads])  # (n,) g_i . sum
+    total_sq, squares = float(total @ total), float(row_sq.sum())
+    signal, noise = _signal_and_noise(n, total_sq, squares)
+    # leave group i out: |sum - g_i|^2 = |sum|^2 - 2 g_i . sum + |g_i|^2, without copying (n, P)
+    leave_one_out = np.array([_signal_and_noise(n - 1, total_sq - 2 * d + q, squares - q)[0]
+                              for d, q in zip(row_dot, row_sq)])
     signal_se = float(np.sqrt((n - 1) / n * np.sum((leave_one_out - leave_one_out.mean()) ** 2)))
     cosines = []
     for _ in range(splits):
-        order = rng.permutation(n)
-        a, b = grads[order[: n // 2]].mean(axis=0), grads[order[n // 2:]].mean(axis=0)
-        cosines.append(float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30)))
+        half = np.zeros_like(total)  # (P,)
+        for i in rng.permutation(n)[: n // 2]:
+            half += grads[i]
+        rest = total - half  # the other half's sum: cosines ignore the 1/n
+        cosines.append(float(half @ rest / (np.linalg.norm(half) * np.linalg.norm(rest) + 1e-30)))
     return NoiseScale(n, signal, signal_se, noise, float(np.mean(cosines)))
+
+
+def parameter_slices(model: torch.nn.Module) -> dict[str, slice]:
+    """Each trainable tensor's columns in group_gradients' rows."""
+    slices, start = {}, 0
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            slices[name] = slice(start, start + param.numel())
+            start += param.numel()
+    return slices
 
 
 def group_gradients(policy: VLAPolicy, groups: list[list[Trajectory]], temperature: float,
                     aggregation: LossAggregation) -> np.ndarray:
-    """The GRPO loss gradient of each group at the rollout policy (ratio 1, so no clipping) -> (n, P)."""
+    """The GRPO loss gradient of each group at the rollout policy (ratio 1, so no clipping) -> (n, P) float32."""
     params = [p for p in policy.model.parameters() if p.requires_grad]
     policy.model.train()
     rows = []
@@ -84,6 +99,6 @@ def group_gradients(policy: VLAPolicy, groups: list[list[Trajectory]], temperatu
         mask = queries.per_trajectory(queries.mask.float(), n_chunks) > 0
         loss, _ = clipped_policy_loss(per_traj, per_traj.detach(), advantages, mask, 0.2, 0.2, aggregation)  # ratio 1: unclipped
         grads = torch.autograd.grad(loss, params)
-        rows.append(torch.cat([g.flatten() for g in grads]).numpy().astype(np.float64))
+        rows.append(torch.cat([g.flatten() for g in grads]).numpy())
     policy.model.eval()
     return np.stack(rows)
