@@ -49,3 +49,12 @@ def test_parameter_slices_cover_every_trainable_value_in_order(tiny_policy):
     assert list(slices) == list(params)
     assert [s.stop - s.start for s in slices.values()] == [p.numel() for p in params.values()]
     assert all(a.stop == b.start for a, b in zip(list(slices.values()), list(slices.values())[1:]))
+
+
+def test_gradients_that_cancel_rule_out_every_batch_size():
+    rng = np.random.default_rng(2)
+    direction = rng.standard_normal(20)
+    grads = np.stack([direction, -direction] * 10)  # (20, 20): pairs cancel, |G|^2 estimate < 0 by many SE
+    scale = noise_scale(grads + 1e-3 * rng.standard_normal((20, 20)), rng)
+    assert scale.signal < 0 and scale.noise_scale == scale.noise_scale_lower == float("inf")
+    assert scale.cosine_at(8) == 0.0

@@ -35,8 +35,10 @@ class NoiseScale:
 
     @property
     def noise_scale_lower(self) -> float:
-        """B_noise with |G|^2 at its estimate + 2 standard errors: what the data rule out below."""
-        return self.noise / (self.signal + 2 * self.signal_se)
+        """B_noise with |G|^2 at its estimate + 2 standard errors: what the data rule out below (inf when
+        even that |G|^2 is not positive)."""
+        high = self.signal + 2 * self.signal_se
+        return self.noise / high if high > 0 else float("inf")
 
     def cosine_at(self, batch_groups: float) -> float:
         """The expected cosine between two independent batches of this many groups."""
