@@ -110,6 +110,8 @@ def test_tinyvla_only_action_options_are_refused_for_openvla_oft():
         parse_params({"policy": {"family": "openvla-oft", "binary_action_dims": [6]}})
     with pytest.raises(ConfigError, match="relative_action_dims is implemented for TinyVLA"):
         parse_params({"policy": {"family": "openvla-oft", "relative_action_dims": [0]}})
+    with pytest.raises(ConfigError, match="action_stride is implemented for TinyVLA"):
+        parse_params({"policy": {"family": "openvla-oft", "action_stride": 5}})
     with pytest.raises(ConfigError, match="keypoint_gain is implemented for TinyVLA"):
         parse_params({"policy": {"family": "openvla-oft", "keypoint_gain": 8}})
 

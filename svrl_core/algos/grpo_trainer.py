@@ -128,7 +128,7 @@ class QueryBatch:
         return cls(
             inputs=policy.prepare([o for t in trajectories for o in t.observations]),
             bins=torch.from_numpy(np.concatenate([np.stack(t.bins) for t in trajectories])).flatten(1),
-            mask=torch.from_numpy(np.concatenate([t.action_mask(policy.action_dim) for t in trajectories])).flatten(1),
+            mask=torch.from_numpy(np.concatenate([t.action_mask(policy.action_dim, policy.actions.stride) for t in trajectories])).flatten(1),
             owner=torch.tensor([i for i, t in enumerate(trajectories) for _ in t.observations]),
             chunk=torch.tensor([c for t in trajectories for c in range(len(t.observations))]))
 
