@@ -41,14 +41,6 @@ def test_chunks_pad_with_last_action_and_mask_it():
                              [True, True, False], [True, False, False]]
 
 
-def test_strided_chunks_are_the_keyframes_at_the_end_of_each_stride():
-    indices, mask = chunk_indices(np.array([0] * 7 + [1] * 3), chunk_size=2, stride=3)
-    assert indices[:7].tolist() == [[2, 5], [3, 6], [4, 4], [5, 5], [6, 6], [5, 5], [6, 6]]
-    assert mask[:7].tolist() == [[True, True], [True, True], [True, False], [True, False], [True, False],
-                                 [False, False], [False, False]], "keyframes past the episode's end are masked"
-    assert indices[7].tolist() == [9, 9] and mask[7].tolist() == [True, False]
-
-
 def test_batches(tiny_dataset):
     batch = next(iterate_chunk_batches(tiny_dataset, tiny_dataset.tasks, 4, 8, np.random.default_rng(0)))
     assert batch.actions.shape == (8, 4, 2) and batch.action_mask.shape == (8, 4)

@@ -68,7 +68,7 @@ def train_sft(policy: VLAPolicy, data: DemoDataset, instructions: list[str], cfg
                                engine_overrides)
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     rng = np.random.default_rng(cfg.seed if world == 1 else [cfg.seed, rank])  # each rank its own batches
-    batches = iterate_chunk_batches(data, instructions, policy.chunk_size, cfg.batch_size, rng, policy.actions.stride)
+    batches = iterate_chunk_batches(data, instructions, policy.chunk_size, cfg.batch_size, rng)
     noisy_states = StateNoise(cfg.state_noise * np.asarray(data.stats["observation.state"]["std"]),
                               np.random.default_rng([cfg.seed, rank, 1]))
     bin_centres = torch.from_numpy(policy.actions.bin_centres).float()  # (n_bins,)

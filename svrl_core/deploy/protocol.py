@@ -49,9 +49,7 @@ def bundle_metadata(directory: str | Path, spec: dict, manifest: dict) -> dict:
     return {
         "name": spec["name"], "format": spec["format"],
         "cameras": [spec["inputs"]["camera"]], "image_height": pre["image_height"], "image_width": pre["image_width"],
-        "proprio_dim": spec["inputs"]["proprio_dim"],
-        "chunk_size": post["chunk_size"] * post.get("stride", 1),  # actions per reply: K keyframes x their stride
-        "action_dim": post["action_dim"],
+        "proprio_dim": spec["inputs"]["proprio_dim"], "chunk_size": post["chunk_size"], "action_dim": post["action_dim"],
         "action_names": post.get("action_names"),
         "checksums": {name: entry["sha256"] for name, entry in manifest["files"].items()},
         "provenance": {key: provenance.get(key) for key in ("git", "dvc", "metrics")},

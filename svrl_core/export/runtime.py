@@ -132,7 +132,7 @@ class BundlePolicy:
         return ids
 
     def bins_to_actions(self, bins: np.ndarray, proprio: np.ndarray | None = None) -> np.ndarray:
-        """(B, K, D) bins -> (B, K * stride, D) actions: bin centre, undo the q01/q99 scaling, binarize grippers,
+        """(B, K / stride, D) bins -> (B, K, D) actions: bin centre, undo the q01/q99 scaling, binarize grippers,
         add the proprio (B, D) to the dims that are relative to it, and expand keyframes (stride > 1)."""
         post = self.spec["postprocessing"]
         if post.get("binning", "uniform") == "openvla":  # 256 edges, 255 centres; the top bin decodes as the one below
@@ -163,13 +163,15 @@ class BundlePolicy:
 
     @torch.no_grad()
     def act_batch(self, images: np.ndarray, proprio: np.ndarray, instructions: list[str]) -> np.ndarray:
-        """Deterministic action chunks (the bundle's decoding), (B, K * stride, D)."""
+        """Deterministic action chunks (the bundle's decoding), (B, K, D); with a stride the network's last token
+        of each stride is its keyframe."""
         logits = self.net(*self.preprocess(images, proprio, instructions))  # (B, K * D, n_bins)
         post = self.spec["postprocessing"]
         bins = decode_bins(logits, post["decoding"]).numpy()
-        bins = bins.reshape(len(instructions), post["chunk_size"], post["action_dim"])
+        stride = post.get("stride", 1)
+        bins = bins.reshape(len(instructions), post["chunk_size"], post["action_dim"])[:, stride - 1::stride]
         return self.bins_to_actions(bins, proprio)
 
     def act(self, image: np.ndarray, proprio: np.ndarray, instruction: str) -> np.ndarray:
-        """One observation -> its (K * stride, D) action chunk."""
+        """One observation -> its (K, D) action chunk."""
         return self.act_batch(image[None], np.asarray(proprio)[None], [instruction])[0]

@@ -121,7 +121,7 @@ def action_label_stats(data: DemoDataset, cfg: PolicyConfig) -> dict[str, list]:
     of the chunk actions' change from the chunk's first state."""
     if not cfg.relative_action_dims:
         return data.stats["action"]
-    moves = feature_stats(chunk_moves(data, cfg.chunk_size, cfg.action_stride))
+    moves = feature_stats(chunk_moves(data, cfg.chunk_size))
     relative = np.isin(np.arange(data.actions.shape[1]), cfg.relative_action_dims)
     return {key: np.where(relative, moves[key], data.stats["action"][key]).tolist() for key in ("q01", "q99", "min", "max")}
 
