@@ -48,6 +48,23 @@ def test_log_probs_match_the_samplers_own(tiny_policy_any_trunk, tiny_params):
         assert recomputed.requires_grad and (entropy > 0).all()
 
 
+def test_a_strided_policy_decides_the_last_token_of_each_stride(tiny_params, tiny_dataset):
+    from svrl_core.export.runtime import decode_bins
+    from svrl_core.policies import new_policy, token_log_probs
+
+    policy = new_policy(tiny_params.policy.model_copy(update={"action_stride": 2}), tiny_dataset, seed=0)
+    inputs = policy.prepare(observations(tiny_params))
+    logits = policy.model(inputs)  # (B, K * D, n_bins), K = 4
+    keyframe_logits = logits.view(len(logits), 4, 2, -1)[:, 1::2].flatten(1, 2)  # chunk positions 2 and 4
+    bins, sampled = policy.sample(inputs, 1.0, torch.Generator().manual_seed(1))
+    assert bins.shape == (len(logits), 2, 2)
+    assert torch.allclose(sampled.flatten(1), token_log_probs(keyframe_logits, bins.flatten(1), 1.0)[0], atol=1e-6)
+    assert torch.allclose(policy.log_probs(inputs, bins, 1.0)[0], sampled, atol=1e-6)
+    assert torch.equal(policy.greedy(inputs).flatten(1), decode_bins(keyframe_logits, policy.decoding))
+    with pytest.raises(ValueError, match="decision_logits"):
+        token_log_probs(logits, bins.flatten(1), 1.0)
+
+
 def test_sample_categorical_follows_the_probabilities():
     probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2], [0.9, 0.0, 0.0, 0.0, 0.1]])  # (2, 5)
     draws = sample_categorical(probs.expand(20_000, 2, 5), torch.Generator().manual_seed(0))  # (20000, 2)

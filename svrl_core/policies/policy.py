@@ -29,6 +29,9 @@ class CheckpointError(ValueError):
 
 def token_log_probs(logits: torch.Tensor, bins: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """logits (..., n_bins), bins (...) -> log-prob of each bin and entropy, both (...)."""
+    if bins.shape != logits.shape[:-1]:  # gather would silently read the first tokens' logits
+        raise ValueError(f"{tuple(bins.shape)} bins for {tuple(logits.shape[:-1])} token logits: pass a strided "
+                         f"policy's logits through policy.decision_logits")
     log_dist = F.log_softmax(logits / temperature, dim=-1)  # (..., n_bins)
     chosen = log_dist.gather(-1, bins.unsqueeze(-1)).squeeze(-1)
     entropy = -(log_dist.exp() * log_dist).sum(-1)
@@ -138,9 +141,9 @@ class VLAPolicy:
         still predicts all K; SFT trains them all, rollouts and RL use the last of each stride)."""
         return self.chunk_size // self.actions.stride
 
-    def _decision_logits(self, inputs: PolicyInputs) -> torch.Tensor:
-        """(B, K' * D, n_bins) logits of the tokens a chunk decides (K' = `keyframes`)."""
-        logits = self.model(inputs)  # (B, K * D, n_bins)
+    def decision_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        """The network's (B, K * D, n_bins) logits -> (B, K' * D, n_bins) those of the tokens a chunk decides
+        (K' = `keyframes`): what rollouts sample and RL scores."""
         stride = self.actions.stride
         if stride == 1:
             return logits
@@ -154,7 +157,7 @@ class VLAPolicy:
     def sample(self, inputs: PolicyInputs, temperature: float,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample bins at `temperature` -> (bins, log_probs), both (B, K', D)."""
-        log_dist = F.log_softmax(self._decision_logits(inputs) / temperature, dim=-1)  # (B, T, n_bins)
+        log_dist = F.log_softmax(self.decision_logits(self.model(inputs)) / temperature, dim=-1)  # (B, T, n_bins)
         bins = sample_categorical(log_dist.exp(), generator)  # (B, T)
         return self._chunk(bins), self._chunk(log_dist.gather(-1, bins.unsqueeze(-1)).squeeze(-1))
 
@@ -163,11 +166,11 @@ class VLAPolicy:
         """Deterministic bins by `self.decoding`, (B, K', D): evaluation's and the bundle's actions."""
         from svrl_core.export.runtime import decode_bins  # the bundle's own rule; a top-level import is circular
 
-        return self._chunk(decode_bins(self._decision_logits(inputs), self.decoding))
+        return self._chunk(decode_bins(self.decision_logits(self.model(inputs)), self.decoding))
 
     def log_probs(self, inputs: PolicyInputs, bins: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Differentiable log-probs and entropies of (B, K', D) bins, both (B, K', D)."""
-        logits = self._decision_logits(inputs)
+        logits = self.decision_logits(self.model(inputs))
         log_probs, entropy = token_log_probs(logits, bins.flatten(1), temperature)
         return self._chunk(log_probs), self._chunk(entropy)
 
