@@ -123,10 +123,6 @@ class PolicyConfig(Section):
         "absolute joints) clips none; TinyVLA only")
     relative_action_dims: list[int] = Field(default_factory=list, description="dims binned as the change from "
         "the proprio at the chunk's first frame (delta joints; needs proprio in the action's layout); TinyVLA only")
-    action_stride: int = Field(1, ge=1, le=32, description="rollouts decide every stride-th action of a chunk "
-        "(keyframes) and ramp the continuous dims to it from the previous one (the first from the proprio), "
-        "grippers held: RL samples stride times fewer tokens; SFT still trains all K; divides chunk_size; needs "
-        "proprio in the action's layout; TinyVLA only")
     trunk: Literal["mlp", "oft-transformer"] = Field("mlp", description="fusion trunk, see policies/trunks.py")
     keypoint_gain: float = Field(1.0, gt=0, le=100, description="keypoint coordinates ([-1, 1]) are multiplied "
         "by this before the trunk: a block spread of +-0.09 units needs large first-layer weights; TinyVLA only")
@@ -143,10 +139,6 @@ class PolicyConfig(Section):
             raise ValueError("binary_action_dims is implemented for TinyVLA; for OpenVLA-OFT leave it empty")
         if self.family == "openvla-oft" and self.keypoint_gain != 1.0:
             raise ValueError("keypoint_gain is implemented for TinyVLA; for OpenVLA-OFT leave it at 1")
-        if self.chunk_size % self.action_stride:
-            raise ValueError(f"action_stride {self.action_stride} must divide chunk_size {self.chunk_size}")
-        if self.family == "openvla-oft" and self.action_stride != 1:
-            raise ValueError("action_stride is implemented for TinyVLA; for OpenVLA-OFT leave it at 1")
         if self.family == "openvla-oft" and self.relative_action_dims:
             raise ValueError("relative_action_dims is implemented for TinyVLA; for OpenVLA-OFT leave it empty")
         if set(self.relative_action_dims) & set(self.unnormalized_action_dims):

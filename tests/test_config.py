@@ -110,10 +110,6 @@ def test_tinyvla_only_action_options_are_refused_for_openvla_oft():
         parse_params({"policy": {"family": "openvla-oft", "binary_action_dims": [6]}})
     with pytest.raises(ConfigError, match="relative_action_dims is implemented for TinyVLA"):
         parse_params({"policy": {"family": "openvla-oft", "relative_action_dims": [0]}})
-    with pytest.raises(ConfigError, match="action_stride is implemented for TinyVLA"):
-        parse_params({"policy": {"family": "openvla-oft", "chunk_size": 10, "action_stride": 5}})
-    with pytest.raises(ConfigError, match="action_stride 3 must divide chunk_size 4"):
-        parse_params({"policy": {"chunk_size": 4, "action_stride": 3}})
     with pytest.raises(ConfigError, match="keypoint_gain is implemented for TinyVLA"):
         parse_params({"policy": {"family": "openvla-oft", "keypoint_gain": 8}})
 

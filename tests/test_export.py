@@ -68,36 +68,6 @@ def test_relative_dims_survive_export(tiny_params, tiny_dataset, tmp_path):
     assert np.array_equal(got, expected)
 
 
-def test_keyframe_strides_survive_export(tiny_params, tiny_dataset, tmp_path):
-    from svrl_core.policies import new_policy
-
-    cfg = tiny_params.policy.model_copy(update={"action_stride": 2})  # toy proprio and action: 2 dims each
-    policy = new_policy(cfg, tiny_dataset, seed=0)
-    export_bundle(policy, tmp_path / "bundle", "tiny")
-    bundle = BundlePolicy(tmp_path / "bundle")
-    env = ToyReachEnv(tiny_params.env)
-    obs = [env.reset(task, seed) for task in tiny_params.env.tasks for seed in range(3)]
-    proprio = np.stack([o.proprio for o in obs])
-    keyframes = policy.greedy(policy.prepare(obs))  # (B, K / 2, D)
-    expected = policy.bins_to_actions(keyframes, proprio)  # (B, K, D)
-    got = bundle.act_batch(np.stack([o.images["main"] for o in obs]), proprio, [o.instruction for o in obs])
-    assert keyframes.shape == (len(obs), cfg.chunk_size // 2, 2)
-    assert got.shape == (len(obs), cfg.chunk_size, 2) and np.array_equal(got, expected)
-    with pytest.raises(BundleError, match="keyframes"):
-        bundle.bins_to_actions(keyframes.numpy())
-
-
-def test_a_stride_needs_proprio_in_the_action_layout(tiny_params, tiny_dataset):
-    from dataclasses import replace
-
-    from svrl_core.policies import new_policy
-
-    cfg = tiny_params.policy.model_copy(update={"action_stride": 2})
-    short_states = replace(tiny_dataset, states=tiny_dataset.states[:, :1])
-    with pytest.raises(ValueError, match="action_stride 2 ramps actions from the proprio.*set it to 1"):
-        new_policy(cfg, short_states, seed=0)
-
-
 def test_bundle_with_an_unknown_decoding_is_refused(tiny_policy, tmp_path):
     tiny_policy.decoding = "mode"
     export_bundle(tiny_policy, tmp_path / "bundle", "tiny")

@@ -25,19 +25,6 @@ def test_episodes_run_to_the_end_and_mask_unexecuted_actions(tiny_policy, tiny_p
         assert all(n == 4 for n in traj.n_executed[:-1]), "only the last chunk may stop early"
 
 
-def test_a_strided_policy_samples_keyframes_and_masks_those_whose_stride_never_began(tiny_params, tiny_dataset):
-    from svrl_core.policies import new_policy
-
-    policy = new_policy(tiny_params.policy.model_copy(update={"action_stride": 2}), tiny_dataset, seed=0)
-    trajectories = run_episodes(policy, LocalEnvPool(tiny_params.env, 4), requests(tiny_params), 1.6,
-                                torch.Generator().manual_seed(0))
-    for traj in trajectories:
-        assert all(chunk.shape == (2, 2) for chunk in traj.bins), "K / stride keyframes of D tokens"
-        assert all(n == 4 for n in traj.n_executed[:-1]), "each chunk still runs K actions"
-        mask = traj.action_mask(2, stride=2)  # (C, K / stride, D)
-        assert mask.sum() == 2 * sum(-(-n // 2) for n in traj.n_executed), "a keyframe counts once its stride began"
-
-
 def test_greedy_rollouts_are_reproducible(tiny_policy, tiny_params):
     runs = [run_episodes(tiny_policy, LocalEnvPool(tiny_params.env, n), requests(tiny_params), None) for n in (2, 6)]
     for a, b in zip(*runs):

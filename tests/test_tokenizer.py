@@ -96,21 +96,3 @@ def test_relative_dims_bin_the_move_from_the_proprio_and_add_it_back():
 def test_a_relative_gripper_is_refused():
     with pytest.raises(ValueError, match="must be normalized dims"):
         ActionTokenizer.from_stats({"q01": [0.0], "q99": [1.0]}, 256, unnormalized_dims=(0,), relative_dims=(0,))
-
-
-def test_a_stride_expands_keyframes_ramping_joints_from_the_proprio_and_holding_grippers():
-    stats = {"min": [-1.0, 0.0], "max": [1.0, 1.0]}  # a joint, and a gripper (binary: 0 closed, 1 open)
-    tok = ActionTokenizer.from_stats(stats, 256, bounds="min_max", binary_dims=(1,), stride=4)
-    keyframes = np.array([[[0.5, 1.0], [-0.5, 0.0]]])  # (B = 1, K = 2, D)
-    start = np.array([[0.1, 1.0]])  # (B, D) the proprio at the chunk's first frame
-    actions = tok.decode(tok.encode(keyframes), start)
-    assert actions.shape == (1, 8, 2), "K keyframes x stride actions"
-    assert np.allclose(actions[0, 3::4], keyframes[0], atol=2 / 256), "each stride ends at its keyframe"
-    expected_joint = np.r_[0.1 + 0.4 * np.arange(1, 5) / 4, 0.5 - 1.0 * np.arange(1, 5) / 4]
-    assert np.allclose(actions[0, :, 0], expected_joint, atol=2 / 256), "the joint ramps linearly"
-    assert actions[0, :, 1].tolist() == [1.0] * 4 + [0.0] * 4, "the gripper holds each keyframe's value"
-    with pytest.raises(ValueError, match="action_stride"):
-        tok.decode(tok.encode(keyframes))
-    assert ActionTokenizer.from_dict(tok.to_dict()).stride == 4
-    old = {k: v for k, v in tok.to_dict().items() if k != "stride"}  # a checkpoint from before strides
-    assert ActionTokenizer.from_dict(old).stride == 1

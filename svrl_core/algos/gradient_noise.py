@@ -96,8 +96,7 @@ def group_gradients(policy: VLAPolicy, groups: list[list[Trajectory]], temperatu
         advantages = group_advantages(torch.tensor([float(t.success) for t in group]), len(group))  # (G,)
         n_chunks = max(len(t.observations) for t in group)
         queries = QueryBatch.of(policy, group)
-        logits = policy.decision_logits(policy.model(queries.inputs))  # (q, K' * D, n_bins)
-        log_probs, _ = token_log_probs(logits, queries.bins, temperature)  # (q, K' * D)
+        log_probs, _ = token_log_probs(policy.model(queries.inputs), queries.bins, temperature)  # (q, K * D)
         per_traj = queries.per_trajectory(log_probs, n_chunks)  # (G, T)
         mask = queries.per_trajectory(queries.mask.float(), n_chunks) > 0
         loss, _ = clipped_policy_loss(per_traj, per_traj.detach(), advantages, mask, 0.2, 0.2, aggregation)  # ratio 1: unclipped

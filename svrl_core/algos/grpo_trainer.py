@@ -118,8 +118,8 @@ class QueryBatch:
     """Every policy query of a list of trajectories, flattened."""
 
     inputs: PolicyInputs  # Q rows
-    bins: torch.Tensor  # (Q, K' * D): the decided tokens (K' = policy.keyframes)
-    mask: torch.Tensor  # (Q, K' * D) bool, True for executed actions
+    bins: torch.Tensor  # (Q, K * D)
+    mask: torch.Tensor  # (Q, K * D) bool, True for executed actions
     owner: torch.Tensor  # (Q,) index of the trajectory in the list
     chunk: torch.Tensor  # (Q,) position of the query within its trajectory
 
@@ -128,26 +128,24 @@ class QueryBatch:
         return cls(
             inputs=policy.prepare([o for t in trajectories for o in t.observations]),
             bins=torch.from_numpy(np.concatenate([np.stack(t.bins) for t in trajectories])).flatten(1),
-            mask=torch.from_numpy(np.concatenate([t.action_mask(policy.action_dim, policy.actions.stride)
-                                                  for t in trajectories])).flatten(1),
+            mask=torch.from_numpy(np.concatenate([t.action_mask(policy.action_dim) for t in trajectories])).flatten(1),
             owner=torch.tensor([i for i, t in enumerate(trajectories) for _ in t.observations]),
             chunk=torch.tensor([c for t in trajectories for c in range(len(t.observations))]))
 
     def per_trajectory(self, values: torch.Tensor, n_chunks: int) -> torch.Tensor:
-        """(Q, K' * D) per-query values -> (N, n_chunks * K' * D) per trajectory, zero padded."""
+        """(Q, K * D) per-query values -> (N, n_chunks * K * D) per trajectory, zero padded."""
         n_traj = int(self.owner.max()) + 1
         padded = values.new_zeros(n_traj, n_chunks, values.shape[1])
         return padded.index_put((self.owner, self.chunk), values).flatten(1)
 
 
 def old_log_probs(policy: VLAPolicy, queries: QueryBatch, temperature: float) -> torch.Tensor:
-    """(Q, K' * D) log-probs of the sampled bins under the current policy, recomputed after rollout."""
+    """(Q, K * D) log-probs of the sampled bins under the current policy, recomputed after rollout."""
     with torch.no_grad():
         parts = []
         for start in range(0, len(queries.bins), INFERENCE_BATCH):
             rows = torch.arange(start, min(start + INFERENCE_BATCH, len(queries.bins)))
-            logits = policy.decision_logits(policy.model(queries.inputs.select(rows)))  # (q, K' * D, n_bins)
-            parts.append(token_log_probs(logits, queries.bins[rows], temperature)[0])
+            parts.append(token_log_probs(policy.model(queries.inputs.select(rows)), queries.bins[rows], temperature)[0])
         return torch.cat(parts)
 
 
@@ -167,8 +165,8 @@ def grpo_update(policy: VLAPolicy, trainer: DeepSpeedTrainer, trajectories: list
         for start in range(0, len(order), cfg.mini_batch_trajectories):
             mb = order[start:start + cfg.mini_batch_trajectories]
             queries = QueryBatch.of(policy, [trajectories[i] for i in mb])
-            logits = policy.decision_logits(trainer.forward(queries.inputs))  # (q, K' * D, n_bins)
-            log_probs, entropy = token_log_probs(logits, queries.bins, cfg.temperature)  # (q, K' * D) each
+            logits = trainer.forward(queries.inputs)  # (q, K * D, n_bins)
+            log_probs, entropy = token_log_probs(logits, queries.bins, cfg.temperature)  # (q, K * D) each
             mb_log_probs = queries.per_trajectory(log_probs, n_chunks)
             loss, metrics = clipped_policy_loss(mb_log_probs, b_old[mb], advantages[mb], b_mask[mb],
                                                 cfg.clip_low, cfg.clip_high, cfg.loss_agg)

@@ -132,8 +132,8 @@ class BundlePolicy:
         return ids
 
     def bins_to_actions(self, bins: np.ndarray, proprio: np.ndarray | None = None) -> np.ndarray:
-        """(B, K / stride, D) bins -> (B, K, D) actions: bin centre, undo the q01/q99 scaling, binarize grippers,
-        add the proprio (B, D) to the dims that are relative to it, and expand keyframes (stride > 1)."""
+        """(B, K, D) bins -> (B, K, D) actions: bin centre, undo the q01/q99 scaling, binarize grippers, and
+        add the proprio (B, D) to the dims that are relative to it."""
         post = self.spec["postprocessing"]
         if post.get("binning", "uniform") == "openvla":  # 256 edges, 255 centres; the top bin decodes as the one below
             edges = np.linspace(-1.0, 1.0, post["n_bins"])
@@ -147,29 +147,19 @@ class BundlePolicy:
         binary = np.asarray(post.get("binary_mask", [False] * len(low)), bool)  # grippers: low or high, the nearer
         actions = np.where(binary, np.where(actions >= (low + high) / 2, high, low), actions).astype(np.float32)
         relative = np.asarray(post.get("relative_mask", [False] * len(low)), bool)
-        stride = post.get("stride", 1)
-        if (relative.any() or stride > 1) and proprio is None:
-            raise BundleError("this bundle's actions are relative to the proprio or keyframes from it: pass it to "
-                              "bins_to_actions")
-        if relative.any():
-            actions = actions + np.where(relative, np.asarray(proprio, np.float64), 0.0)[:, None, :]
-        if stride > 1:  # keyframes s steps apart: continuous dims ramp from the proprio, grippers hold
-            previous = np.concatenate([np.asarray(proprio, np.float64)[:, None, :], actions[:, :-1, :]], axis=1)
-            fraction = np.arange(1, stride + 1)[:, None] / stride  # (s, 1)
-            ramps = previous[:, :, None, :] + fraction * (actions - previous)[:, :, None, :]  # (B, K, s, D)
-            ramped = np.asarray(post["normalize_mask"], bool) & ~binary
-            actions = np.where(ramped, ramps, actions[:, :, None, :]).reshape(len(actions), -1, len(low))
-        return actions.astype(np.float32)
+        if not relative.any():
+            return actions
+        if proprio is None:
+            raise BundleError("this bundle's actions are relative to the proprio: pass it to bins_to_actions")
+        return (actions + np.where(relative, np.asarray(proprio, np.float64), 0.0)[:, None, :]).astype(np.float32)
 
     @torch.no_grad()
     def act_batch(self, images: np.ndarray, proprio: np.ndarray, instructions: list[str]) -> np.ndarray:
-        """Deterministic action chunks (the bundle's decoding), (B, K, D); with a stride the network's last token
-        of each stride is its keyframe."""
+        """Deterministic action chunks (the bundle's decoding), (B, K, D)."""
         logits = self.net(*self.preprocess(images, proprio, instructions))  # (B, K * D, n_bins)
         post = self.spec["postprocessing"]
         bins = decode_bins(logits, post["decoding"]).numpy()
-        stride = post.get("stride", 1)
-        bins = bins.reshape(len(instructions), post["chunk_size"], post["action_dim"])[:, stride - 1::stride]
+        bins = bins.reshape(len(instructions), post["chunk_size"], post["action_dim"])
         return self.bins_to_actions(bins, proprio)
 
     def act(self, image: np.ndarray, proprio: np.ndarray, instruction: str) -> np.ndarray:

@@ -30,8 +30,7 @@ class CheckpointError(ValueError):
 def token_log_probs(logits: torch.Tensor, bins: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """logits (..., n_bins), bins (...) -> log-prob of each bin and entropy, both (...)."""
     if bins.shape != logits.shape[:-1]:  # gather would silently read the first tokens' logits
-        raise ValueError(f"{tuple(bins.shape)} bins for {tuple(logits.shape[:-1])} token logits: pass a strided "
-                         f"policy's logits through policy.decision_logits")
+        raise ValueError(f"{tuple(bins.shape)} bins for {tuple(logits.shape[:-1])} token logits")
     log_dist = F.log_softmax(logits / temperature, dim=-1)  # (..., n_bins)
     chosen = log_dist.gather(-1, bins.unsqueeze(-1)).squeeze(-1)
     entropy = -(log_dist.exp() * log_dist).sum(-1)
@@ -135,48 +134,33 @@ class VLAPolicy:
         return self.prepare_arrays(images, states, [o.instruction for o in observations])
 
     # --- action distribution ---------------------------------------------------------
-    @property
-    def keyframes(self) -> int:
-        """Action tokens decided per dim and chunk: K, or K / stride with `policy.action_stride` (the network
-        still predicts all K; SFT trains them all, rollouts and RL use the last of each stride)."""
-        return self.chunk_size // self.actions.stride
-
-    def decision_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """The network's (B, K * D, n_bins) logits -> (B, K' * D, n_bins) those of the tokens a chunk decides
-        (K' = `keyframes`): what rollouts sample and RL scores."""
-        stride = self.actions.stride
-        if stride == 1:
-            return logits
-        per_step = logits.view(len(logits), self.chunk_size, self.action_dim, -1)  # (B, K, D, n_bins)
-        return per_step[:, stride - 1::stride].flatten(1, 2)
-
     def _chunk(self, flat: torch.Tensor) -> torch.Tensor:
-        return flat.view(-1, self.keyframes, self.action_dim)  # (B, K', D)
+        return flat.view(-1, self.chunk_size, self.action_dim)  # (B, K, D)
 
     @torch.no_grad()
     def sample(self, inputs: PolicyInputs, temperature: float,
                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample bins at `temperature` -> (bins, log_probs), both (B, K', D)."""
-        log_dist = F.log_softmax(self.decision_logits(self.model(inputs)) / temperature, dim=-1)  # (B, T, n_bins)
+        """Sample bins at `temperature` -> (bins, log_probs), both (B, K, D)."""
+        log_dist = F.log_softmax(self.model(inputs) / temperature, dim=-1)  # (B, T, n_bins)
         bins = sample_categorical(log_dist.exp(), generator)  # (B, T)
         return self._chunk(bins), self._chunk(log_dist.gather(-1, bins.unsqueeze(-1)).squeeze(-1))
 
     @torch.no_grad()
     def greedy(self, inputs: PolicyInputs) -> torch.Tensor:
-        """Deterministic bins by `self.decoding`, (B, K', D): evaluation's and the bundle's actions."""
+        """Deterministic bins by `self.decoding`, (B, K, D): evaluation's and the bundle's actions."""
         from svrl_core.export.runtime import decode_bins  # the bundle's own rule; a top-level import is circular
 
-        return self._chunk(decode_bins(self.decision_logits(self.model(inputs)), self.decoding))
+        return self._chunk(decode_bins(self.model(inputs), self.decoding))
 
     def log_probs(self, inputs: PolicyInputs, bins: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """Differentiable log-probs and entropies of (B, K', D) bins, both (B, K', D)."""
-        logits = self.decision_logits(self.model(inputs))
+        """Differentiable log-probs and entropies of (B, K, D) bins, both (B, K, D)."""
+        logits = self.model(inputs)
         log_probs, entropy = token_log_probs(logits, bins.flatten(1), temperature)
         return self._chunk(log_probs), self._chunk(entropy)
 
     def bins_to_actions(self, bins: torch.Tensor | np.ndarray, states: np.ndarray | None = None) -> np.ndarray:
-        """(B, K', D) bins -> (B, K, D) float32 env actions; `states` (B, S), the raw proprio the chunk was
-        predicted from, is needed when the policy's actions are relative to it or ramp from it (a stride)."""
+        """(B, K, D) bins -> (B, K, D) float32 env actions; `states` (B, S), the raw proprio the chunk was
+        predicted from, is needed when the policy's actions are relative to it."""
         return self.actions.decode(np.asarray(bins), states)
 
     # --- persistence -----------------------------------------------------------------

@@ -130,9 +130,6 @@ def new_tiny_policy(cfg: PolicyConfig, data: DemoDataset, seed: int) -> TinyVLAP
     """A freshly initialized TinyVLA sized for `data` (first camera, its state and action dims)."""
     camera = next(iter(data.images))
     state_stats = data.stats["observation.state"]
-    if cfg.action_stride > 1 and data.states.shape[1] != data.actions.shape[1]:
-        raise ValueError(f"policy.action_stride {cfg.action_stride} ramps actions from the proprio, but the demos have "
-                         f"{data.states.shape[1]} state dims and {data.actions.shape[1]} action dims; set it to 1")
     torch.manual_seed(seed)
     model = TinyVLA(TinyVLAConfig(
         image_size=data.images[camera].shape[1], image_width=data.images[camera].shape[2], state_dim=data.states.shape[1], action_dim=data.actions.shape[1],
@@ -144,6 +141,6 @@ def new_tiny_policy(cfg: PolicyConfig, data: DemoDataset, seed: int) -> TinyVLAP
     tokenizer = ActionTokenizer.from_stats(action_label_stats(data, cfg), cfg.n_bins,
                                            tuple(cfg.unnormalized_action_dims), bounds=cfg.action_bounds,
                                            binary_dims=tuple(cfg.binary_action_dims),
-                                           relative_dims=tuple(cfg.relative_action_dims), stride=cfg.action_stride)
+                                           relative_dims=tuple(cfg.relative_action_dims))
     return TinyVLAPolicy(model.eval(), tokenizer, np.asarray(state_stats["mean"], dtype=np.float32),
                          np.asarray(state_stats["std"], dtype=np.float32), data.stats)

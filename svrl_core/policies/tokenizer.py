@@ -5,10 +5,7 @@ Dimensions whose `normalize_mask` is False (grippers) are used as they are, clip
 labels take two values) decode to the nearer of low and high, as OpenVLA binarizes its gripper
 before the robot sees it. Dimensions in `relative_mask` (arm joints whose proprio has the action's layout)
 are binned as the change from the proprio at the chunk's first frame, as delta-joint policies do: the
-network predicts the move, and the state supplies where the arm already is. With `stride` s > 1 the
-K bins of a chunk are keyframes s control steps apart: `decode` returns K * s actions, ramping the
-continuous dims linearly from the proprio at the chunk's first frame through each keyframe and holding
-the others (grippers), so a chunk of the same length takes s times fewer tokens. Two binnings:
+network predicts the move, and the state supplies where the arm already is. Two binnings:
 - "uniform" (svrl's default): `n_bins` equal-width bins, every bin decodes to its own centre;
 - "openvla" (what OpenVLA / OpenVLA-OFT checkpoints were trained with): edges
   linspace(-1, 1, n_bins), bin = digitize - 1, decoded to the n_bins - 1 centres between edges
@@ -32,14 +29,12 @@ class ActionTokenizer:
     binning: Literal["uniform", "openvla"] = "uniform"
     binary_mask: np.ndarray | None = None  # (D,) bool: decoded to low or high, whichever is nearer
     relative_mask: np.ndarray | None = None  # (D,) bool: binned as action - proprio (low/high are of that change)
-    stride: int = 1  # control steps per keyframe: decode expands K bins to K * stride actions
 
     @classmethod
     def from_stats(cls, action_stats: dict, n_bins: int, unnormalized_dims: tuple[int, ...] = (),
                    binning: Literal["uniform", "openvla"] = "uniform",
                    bounds: Literal["q01_q99", "min_max"] = "q01_q99",
-                   binary_dims: tuple[int, ...] = (), relative_dims: tuple[int, ...] = (),
-                   stride: int = 1) -> "ActionTokenizer":
+                   binary_dims: tuple[int, ...] = (), relative_dims: tuple[int, ...] = ()) -> "ActionTokenizer":
         """From feature statistics; `bounds` picks the pair mapped to [-1, 1] (min_max clips no label).
         For `relative_dims`, `action_stats` must be those of the change from the proprio (`chunk_moves`)."""
         low_key, high_key = bounds.split("_")
@@ -52,7 +47,7 @@ class ActionTokenizer:
         if (relative & ~mask).any():
             raise ValueError(f"relative dims {relative_dims} must be normalized dims, not {unnormalized_dims}")
         return cls(low, np.asarray(action_stats[high_key], dtype=np.float64), mask, n_bins, binning, binary,
-                   relative, stride)
+                   relative)
 
     @property
     def action_dim(self) -> int:
@@ -83,26 +78,17 @@ class ActionTokenizer:
     def is_relative(self) -> bool:
         return self.relative_mask is not None and bool(self.relative_mask.any())
 
-    @property
-    def ramped_mask(self) -> np.ndarray:
-        """(D,) bool: the dims a stride ramps between keyframes (normalized, not binary); the rest are held."""
-        binary = self.binary_mask if self.binary_mask is not None else np.zeros_like(self.normalize_mask)
-        return self.normalize_mask & ~binary
-
-    def _checked_states(self, states: np.ndarray | None, why: str) -> np.ndarray:
-        if states is None:
-            raise ValueError(f"these actions {why}: pass the states observed at each chunk's first frame")
-        states = np.asarray(states, dtype=np.float64)
-        if states.shape[-1] != self.action_dim:
-            raise ValueError(f"actions that {why} need proprio in the action's layout ({self.action_dim} dims), "
-                             f"got {states.shape[-1]}")
-        return states
-
     def _proprio_offset(self, states: np.ndarray | None) -> np.ndarray | float:
         """(B, D) proprio -> (B, 1, D) what the relative dims are measured from (0 elsewhere)."""
         if not self.is_relative:
             return 0.0
-        states = self._checked_states(states, "are relative to the proprio (relative_action_dims)")
+        if states is None:
+            raise ValueError("these actions are relative to the proprio (relative_action_dims): pass the states "
+                             "observed at each chunk's first frame")
+        states = np.asarray(states, dtype=np.float64)
+        if states.shape[-1] != self.action_dim:
+            raise ValueError(f"relative actions need proprio in the action's layout ({self.action_dim} dims), "
+                             f"got {states.shape[-1]}")
         return np.where(self.relative_mask, states, 0.0)[..., None, :]
 
     def encode(self, actions: np.ndarray, states: np.ndarray | None = None) -> np.ndarray:
@@ -115,23 +101,18 @@ class ActionTokenizer:
         return np.clip(np.floor(unit * self.n_bins), 0, self.n_bins - 1).astype(np.int64)
 
     def decode(self, bins: np.ndarray, states: np.ndarray | None = None) -> np.ndarray:
-        """(..., K, D) bins (and (..., D) proprio if relative or strided) -> (..., K * stride, D) float32 actions
-        at the bin centres."""
+        """(..., K, D) bins (and (..., D) proprio if relative) -> (..., K, D) float32 actions at the bin centres."""
         bins = np.asarray(bins)
         if bins.min(initial=0) < 0 or bins.max(initial=0) >= self.n_bins:
             raise ValueError(f"action bins must lie in [0, {self.n_bins}), got [{bins.min()}, {bins.max()}]")
         actions = snap_binary(self.unnormalize(self.bin_centres[bins]), self.low, self.high, self.binary_mask)
-        actions = actions + self._proprio_offset(states)
-        if self.stride > 1:
-            start = self._checked_states(states, "are keyframes (policy.action_stride)")
-            actions = expand_keyframes(actions, start, self.stride, self.ramped_mask)
-        return actions.astype(np.float32)
+        return (actions + self._proprio_offset(states)).astype(np.float32)
 
     def to_dict(self) -> dict:
         return {"low": self.low.tolist(), "high": self.high.tolist(),
                 "normalize_mask": self.normalize_mask.tolist(), "n_bins": self.n_bins, "binning": self.binning,
                 "binary_mask": _mask_list(self.binary_mask, self.normalize_mask),
-                "relative_mask": _mask_list(self.relative_mask, self.normalize_mask), "stride": self.stride}
+                "relative_mask": _mask_list(self.relative_mask, self.normalize_mask)}
 
     @classmethod
     def from_dict(cls, spec: dict) -> "ActionTokenizer":
@@ -139,23 +120,11 @@ class ActionTokenizer:
         return cls(np.asarray(spec["low"]), np.asarray(spec["high"]),
                    np.asarray(spec["normalize_mask"], dtype=bool), int(spec["n_bins"]), spec.get("binning", "uniform"),
                    None if binary is None else np.asarray(binary, dtype=bool),
-                   None if relative is None else np.asarray(relative, dtype=bool), int(spec.get("stride", 1)))
+                   None if relative is None else np.asarray(relative, dtype=bool))
 
 
 def _mask_list(mask: np.ndarray | None, like: np.ndarray) -> list[bool]:
     return (np.zeros_like(like) if mask is None else mask).tolist()
-
-
-def expand_keyframes(keyframes: np.ndarray, start: np.ndarray, stride: int, ramped: np.ndarray) -> np.ndarray:
-    """(..., K, D) keyframes, (..., D) start -> (..., K * stride, D) actions: the `ramped` dims move linearly from
-    the previous keyframe (the first from `start`) and reach each keyframe at its stride's last step; the other
-    dims hold each keyframe's value for its whole stride."""
-    previous = np.concatenate([np.asarray(start, np.float64)[..., None, :], keyframes[..., :-1, :]], axis=-2)
-    fraction = np.arange(1, stride + 1) / stride  # (s,)
-    ramps = previous[..., None, :] + fraction[:, None] * (keyframes - previous)[..., None, :]  # (..., K, s, D)
-    held = np.broadcast_to(keyframes[..., None, :], ramps.shape)
-    expanded = np.where(ramped, ramps, held)
-    return expanded.reshape(*expanded.shape[:-3], -1, expanded.shape[-1])
 
 
 def snap_binary(actions: np.ndarray, low: np.ndarray, high: np.ndarray, binary: np.ndarray | None) -> np.ndarray:

@@ -34,10 +34,10 @@ class Trajectory:
     def steps(self) -> int:
         return int(sum(self.n_executed))
 
-    def action_mask(self, action_dim: int, stride: int = 1) -> np.ndarray:
-        """(C, K, D) bool: True for tokens of actions that were executed (of keyframes whose stride began)."""
+    def action_mask(self, action_dim: int) -> np.ndarray:
+        """(C, K, D) bool: True for tokens of actions that were executed."""
         k = self.bins[0].shape[0]
-        executed = np.arange(k)[None, :] * stride < np.asarray(self.n_executed)[:, None]  # (C, K)
+        executed = np.arange(k)[None, :] < np.asarray(self.n_executed)[:, None]  # (C, K)
         return np.repeat(executed[:, :, None], action_dim, axis=2)
 
 
