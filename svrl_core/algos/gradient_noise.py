@@ -16,7 +16,7 @@ import torch
 
 from svrl_core.algos.grpo import LossAggregation, clipped_policy_loss, group_advantages
 from svrl_core.algos.grpo_trainer import QueryBatch
-from svrl_core.policies import VLAPolicy, token_log_probs
+from svrl_core.policies import VLAPolicy
 from svrl_core.rollout import Trajectory
 
 
@@ -96,9 +96,8 @@ def group_gradients(policy: VLAPolicy, groups: list[list[Trajectory]], temperatu
         advantages = group_advantages(torch.tensor([float(t.success) for t in group]), len(group))  # (G,)
         n_chunks = max(len(t.observations) for t in group)
         queries = QueryBatch.of(policy, group)
-        log_probs, _ = token_log_probs(policy.model(queries.inputs), queries.bins, temperature)  # (q, K * D)
-        per_traj = queries.per_trajectory(log_probs, n_chunks)  # (G, T)
-        mask = queries.per_trajectory(queries.mask.float(), n_chunks) > 0
+        per_traj, _ = queries.scored(policy.model(queries.inputs), temperature, n_chunks)  # (G, T)
+        mask = queries.trajectory_mask(n_chunks)
         loss, _ = clipped_policy_loss(per_traj, per_traj.detach(), advantages, mask, 0.2, 0.2, aggregation)  # ratio 1: unclipped
         grads = torch.autograd.grad(loss, params)
         rows.append(torch.cat([g.flatten() for g in grads]).numpy())

@@ -138,6 +138,16 @@ class QueryBatch:
         padded = values.new_zeros(n_traj, n_chunks, values.shape[1])
         return padded.index_put((self.owner, self.chunk), values).flatten(1)
 
+    def trajectory_mask(self, n_chunks: int) -> torch.Tensor:
+        """(N, n_chunks * K * D) bool: the executed tokens of each trajectory."""
+        return self.per_trajectory(self.mask.float(), n_chunks) > 0
+
+    def scored(self, logits: torch.Tensor, temperature: float, n_chunks: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Q, K * D, n_bins) logits of these queries -> the sampled bins' log-probs per trajectory
+        (N, n_chunks * K * D) and each token's entropy (Q, K * D)."""
+        log_probs, entropy = token_log_probs(logits, self.bins, temperature)
+        return self.per_trajectory(log_probs, n_chunks), entropy
+
 
 def old_log_probs(policy: VLAPolicy, queries: QueryBatch, temperature: float) -> torch.Tensor:
     """(Q, K * D) log-probs of the sampled bins under the current policy, recomputed after rollout."""
@@ -156,7 +166,7 @@ def grpo_update(policy: VLAPolicy, trainer: DeepSpeedTrainer, trajectories: list
     n_chunks = max(len(t.observations) for t in trajectories)
     everything = QueryBatch.of(policy, trajectories)
     b_old = everything.per_trajectory(old_log_probs(policy, everything, cfg.temperature), n_chunks)  # (N, T)
-    b_mask = everything.per_trajectory(everything.mask.float(), n_chunks) > 0  # (N, T)
+    b_mask = everything.trajectory_mask(n_chunks)  # (N, T)
     policy.model.train()
     rows: list[dict[str, float]] = []
     for _ in range(cfg.epochs):
@@ -165,9 +175,7 @@ def grpo_update(policy: VLAPolicy, trainer: DeepSpeedTrainer, trajectories: list
         for start in range(0, len(order), cfg.mini_batch_trajectories):
             mb = order[start:start + cfg.mini_batch_trajectories]
             queries = QueryBatch.of(policy, [trajectories[i] for i in mb])
-            logits = trainer.forward(queries.inputs)  # (q, K * D, n_bins)
-            log_probs, entropy = token_log_probs(logits, queries.bins, cfg.temperature)  # (q, K * D) each
-            mb_log_probs = queries.per_trajectory(log_probs, n_chunks)
+            mb_log_probs, entropy = queries.scored(trainer.forward(queries.inputs), cfg.temperature, n_chunks)
             loss, metrics = clipped_policy_loss(mb_log_probs, b_old[mb], advantages[mb], b_mask[mb],
                                                 cfg.clip_low, cfg.clip_high, cfg.loss_agg)
             metrics["grad_norm"] = trainer.backward_step(loss)
