@@ -20,7 +20,7 @@ import torch
 
 from svrl_core.algos.grpo import AGGREGATIONS, keep_mixed_groups
 from svrl_core.algos.gradient_noise import NoiseScale, group_gradients, noise_scale, parameter_slices
-from svrl_core.algos.grpo_trainer import iteration_seed, prompt_sampler
+from svrl_core.algos.grpo_trainer import episode_streams, prompt_sampler
 from svrl_core.config import load_params
 from svrl_core.policies import load_policy
 from svrl_core.rollout import RolloutStats, run_episodes
@@ -43,8 +43,8 @@ def main() -> None:
     began = time.monotonic()
     with solvable_layouts(params.env) as layouts, env_pool(rl_env_config(params), params.compute) as pool:
         requests = prompt_sampler(list(params.env.tasks), cfg, layouts.seed).next_requests(args.prompts, cfg.group_size)
-        generator = torch.Generator().manual_seed(iteration_seed(args.seed, 0))
-        trajectories = run_episodes(policy, pool, requests, cfg.temperature, generator, RolloutStats())
+        trajectories = run_episodes(policy, pool, requests, cfg.temperature, args.seed, RolloutStats(),
+                                    streams=episode_streams(requests, cfg.group_size))
     rewards = torch.tensor([float(t.success) for t in trajectories])
     mixed = keep_mixed_groups(rewards, cfg.group_size, *cfg.keep_success_range)  # (n_prompts,)
     groups = [trajectories[g * cfg.group_size:(g + 1) * cfg.group_size] for g in torch.nonzero(mixed).flatten().tolist()]

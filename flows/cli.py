@@ -15,13 +15,14 @@ import torch
 from svrl_core.config import ConfigError, load_params
 from svrl_core.data import DatasetError
 from svrl_core.policies import CheckpointError
-from svrl_core.training.engine import launcher_rank
+from svrl_core.training.engine import bind_local_device, launcher_rank, under_launcher
+from tasks.launch import RankFailure, run_on_ranks
 
 class PipelineError(RuntimeError):
     """A DVC or Prefect step of the pipeline failed; the message says what to do."""
 
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError, PipelineError)
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError, PipelineError, RankFailure)
 API_CHECK_TIMEOUT_S = 10
 
 
@@ -49,8 +50,10 @@ def check_prefect_api() -> None:
 
 
 def run_stage(flow: Callable[..., object], replica: Callable[..., None] | None = None) -> None:
-    """Run a stage's flow. Under a launcher, rank 0 runs the flow (and alone writes outputs, metrics,
-    tracking and Prefect runs); other ranks run `replica`, the stage's training without writes."""
+    """Run a stage's flow. A stage with a `replica` (sft, rl) runs on `compute.ranks` ranks: started
+    plainly, it launches itself under torchrun; under a launcher, rank 0 runs the flow (and alone
+    writes outputs, metrics, tracking and Prefect runs) and other ranks run `replica`, the stage's
+    training without writes."""
     parser = argparse.ArgumentParser(description=flow.__doc__)
     parser.add_argument("--params", default="params.yaml", help="path to params.yaml")
     args = parser.parse_args()
@@ -60,11 +63,14 @@ def run_stage(flow: Callable[..., object], replica: Callable[..., None] | None =
         logging.getLogger(name).addFilter(UserErrorsWithoutTraceback())
     rank = launcher_rank()
     if rank > 0 and replica is None:
-        sys.exit(f"error: the {flow.name} stage runs in one process; only sft runs under a multi-rank launcher")
-    if rank == 0:
-        check_prefect_api()
+        sys.exit(f"error: the {flow.name} stage runs in one process; only sft and rl run under a multi-rank launcher")
     try:
         params = load_params(args.params)  # fail fast, before any Prefect server is involved
+        if replica is not None and not under_launcher() and params.compute.rank_count() > 1:
+            return run_on_ranks(flow.name, args.params, params.compute.rank_count())
+        if rank == 0:
+            check_prefect_api()
+        bind_local_device()  # before any model is built
         torch.set_num_threads(params.compute.torch_threads)
         (flow if rank == 0 else replica)(params_path=args.params)
     except USER_ERRORS as err:
@@ -83,9 +89,10 @@ def main() -> None:
         from tasks.deploy import drive_main, serve_main
 
         return (serve_main if sys.argv[1] == "serve" else drive_main)(sys.argv[2:])
-    from flows.pipeline import STAGE_FLOWS, pipeline_flow
+    from flows.pipeline import REPLICAS, STAGE_FLOWS, pipeline_flow
 
     flows = {**STAGE_FLOWS, "pipeline": pipeline_flow}
     if len(sys.argv) < 2 or sys.argv[1] not in flows:
         sys.exit(f"usage: svrl {{{'|'.join(flows)}}} [--params PATH] | svrl serve BUNDLE | svrl drive")
-    run_stage(flows[sys.argv.pop(1)])
+    name = sys.argv.pop(1)
+    run_stage(flows[name], REPLICAS.get(name))

@@ -19,12 +19,14 @@ from flows.evaluate import eval_rl_flow, eval_sft_flow
 from flows.export import export_flow
 from flows.ingest import ingest_flow
 from flows.report import report_flow
-from flows.rl import rl_flow
-from flows.sft import sft_flow
-from svrl_core.config import ConfigError
+from flows.rl import rl_flow, rl_replica
+from flows.sft import sft_flow, sft_replica
+from svrl_core.config import ConfigError, load_params
+from tasks.launch import run_on_ranks
 
 STAGE_FLOWS = {"ingest": ingest_flow, "sft": sft_flow, "eval_sft": eval_sft_flow, "rl": rl_flow,
                "eval_rl": eval_rl_flow, "export": export_flow, "report": report_flow}
+REPLICAS = {"sft": sft_replica, "rl": rl_replica}  # stages that run on compute.ranks ranks
 
 
 @contextmanager
@@ -68,8 +70,12 @@ def pipeline_flow(params_path: str = "params.yaml") -> list[str]:
             if not stale:
                 logger.info("stage %s is up to date", name)
                 continue
-            logger.info("stage %s: running", name)
-            STAGE_FLOWS[name](params_path=params_path)
+            n_ranks = load_params(params_path).compute.rank_count()
+            logger.info("stage %s: running%s", name, f" on {n_ranks} ranks" if name in REPLICAS and n_ranks > 1 else "")
+            if name in REPLICAS and n_ranks > 1:
+                run_on_ranks(name, params_path, n_ranks)  # its rank 0 is a flow run of its own
+            else:
+                STAGE_FLOWS[name](params_path=params_path)
             with dvc_step(f"record stage {name}'s outputs in dvc.lock (`dvc commit {name}`)"):
                 repo.commit(name, force=True)
             ran.append(name)

@@ -2,9 +2,10 @@ from prefect import flow
 
 from flows.cli import run_stage
 from svrl_core.config import load_params
-from svrl_core.io import join, remove_directory, write_json_atomic
+from svrl_core.io import join, write_json_atomic
+from svrl_core.training import remove_training_state
 from tasks.metrics import write_metrics
-from tasks.rl import train_rl_policy
+from tasks.rl import fit_rl_policy, train_rl_policy
 from tasks.tracking import tracking_run
 
 SUMMARY_KEYS = ("success_rate", "kept_group_fraction", "env_steps_per_s")
@@ -24,9 +25,14 @@ def rl_flow(params_path: str = "params.yaml") -> dict:
     if unsolvable is not None:
         summary["unsolvable_layouts"] = unsolvable
     write_metrics(params, "rl", summary)
-    remove_directory(params.paths.rl_state)  # outputs written: a rerun (new code, same config) starts afresh
+    remove_training_state(params.paths.rl_state)  # outputs written: a rerun (new code, same config) starts afresh
     return summary
 
 
+def rl_replica(params_path: str = "params.yaml") -> None:
+    """Ranks > 0 of a multi-rank run: roll out and train their share, write only their optimizer partitions."""
+    fit_rl_policy(load_params(params_path))
+
+
 if __name__ == "__main__":
-    run_stage(rl_flow)
+    run_stage(rl_flow, replica=rl_replica)

@@ -162,8 +162,27 @@ class ComputeConfig(Section):
     pipeline_stages: int = Field(1, ge=1, le=64, description="rollout envs split into stages: one stage steps "
                                                              "while the model infers for another (1: off)")
     torch_threads: int = Field(1, ge=1, le=256)
+    ranks: int | Literal["gpus"] = Field(1, description="data-parallel processes for sft and rl (torchrun, gloo "
+                                         "on CPU, NCCL on GPUs), each with its own env workers; 'gpus': one per "
+                                         "visible GPU. How the work is spread, not what is computed: not a DVC "
+                                         "param of any stage")
     deepspeed_config: str | None = Field(None, description="JSON merged into the engine config, e.g. "
                                                            "infra/deepspeed/zero2_bf16.json on GPUs")
+
+
+    @model_validator(mode="after")
+    def _positive_ranks(self) -> "ComputeConfig":
+        if isinstance(self.ranks, int) and not 1 <= self.ranks <= 1024:
+            raise ValueError(f"ranks must be 1-1024 or 'gpus', got {self.ranks}")
+        return self
+
+    def rank_count(self) -> int:
+        """The number of ranks `ranks` asks for on this machine."""
+        if self.ranks != "gpus":
+            return self.ranks
+        import torch
+
+        return max(torch.cuda.device_count(), 1)
 
 
 class TrackingConfig(Section):
@@ -189,7 +208,9 @@ class SftConfig(Section):
     """Supervised fine-tuning on the demonstrations."""
 
     steps: int = Field(400, ge=1, le=10_000_000)
-    batch_size: int = Field(64, ge=1, le=65_536)
+    batch_size: int = Field(64, ge=1, le=65_536, description="demo chunks per step and rank")
+    micro_batch_size: int | None = Field(None, ge=1, le=65_536, description="chunks per forward/backward, "
+                                         "gradients accumulated to the batch's; None: the whole batch at once")
     lr: float = Field(1e-3, gt=0.0, le=1.0)
     lr_schedule: Literal["constant", "cosine"] = Field("constant", description="cosine: from lr down to 0 at "
                                                         "the last step")
@@ -248,7 +269,11 @@ class RlConfig(Section):
     lr: float = Field(1e-3, gt=0.0, le=1.0)
     weight_decay: float = Field(0.0, ge=0.0, le=1.0)
     grad_clip: float = Field(1.0, gt=0.0)
-    mini_batch_trajectories: int = Field(64, ge=1)
+    mini_batch_trajectories: int = Field(64, ge=1, description="trajectories (whole groups) per optimizer step, "
+                                         "over all ranks")
+    micro_batch_chunks: int = Field(512, ge=1, le=65_536, description="chunk queries per forward/backward on "
+                                    "one rank, gradients accumulated to the mini-batch's: bounds activation "
+                                    "memory (OpenVLA-OFT 7B: a few)")
     epochs: int = Field(1, ge=1, le=100)
     seed_start: int = Field(10_000, ge=0, description="first initial state for RL")
     initial_states: int | None = Field(None, ge=1, description="cycle over this many initial states per "

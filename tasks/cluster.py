@@ -11,16 +11,19 @@ from distributed import Client, LocalCluster
 
 from svrl_core.config import ComputeConfig, EnvConfig
 from svrl_core.rollout.dask_pool import DaskEnvPool
+from svrl_core.training.ranks import Ranks
 
 T = TypeVar("T")
 logger = logging.getLogger("svrl")
 
 
 @contextmanager
-def dask_client(cfg: ComputeConfig) -> Iterator[Client]:
-    """Connect to `scheduler_address`, or start a LocalCluster of `n_workers` single-thread processes.
+def dask_client(cfg: ComputeConfig, ranks: Ranks = Ranks()) -> Iterator[Client]:
+    """Connect to `scheduler_address`, or start a LocalCluster of `n_workers` single-thread processes
+    (each rank of a multi-rank run its own).
 
-    Either way the client is handed out only once workers answer, within `connect_timeout_s`."""
+    Either way the client is handed out only once workers answer (a shared scheduler: one per rank),
+    within `connect_timeout_s`."""
     if cfg.scheduler_address:
         try:
             client = Client(cfg.scheduler_address, timeout=cfg.connect_timeout_s)
@@ -28,7 +31,7 @@ def dask_client(cfg: ComputeConfig) -> Iterator[Client]:
             raise RuntimeError(f"compute.scheduler_address={cfg.scheduler_address!r}: no Dask scheduler answered "
                                f"within {cfg.connect_timeout_s:g}s ({err}); start one or set it to null") from None
         with client:
-            _wait_for_workers(client, 1, cfg, f"the scheduler at {cfg.scheduler_address}")
+            _wait_for_workers(client, ranks.world, cfg, f"the scheduler at {cfg.scheduler_address}")
             yield client
         return
     cluster = _with_deadline(lambda: LocalCluster(n_workers=cfg.n_workers, threads_per_worker=1, processes=True,
@@ -82,10 +85,10 @@ def _with_deadline(start: Callable[[], T], timeout_s: float, what: str) -> T:
 
 
 @contextmanager
-def env_pool(env_cfg: EnvConfig, compute: ComputeConfig) -> Iterator[DaskEnvPool]:
-    """Persistent envs on every Dask worker, closed afterwards."""
-    with dask_client(compute) as client:
-        pool = DaskEnvPool(client, env_cfg, compute)
+def env_pool(env_cfg: EnvConfig, compute: ComputeConfig, ranks: Ranks = Ranks()) -> Iterator[DaskEnvPool]:
+    """Persistent envs on every Dask worker (of this rank's share), closed afterwards."""
+    with dask_client(compute, ranks) as client:
+        pool = DaskEnvPool(client, env_cfg, compute, ranks=ranks)
         try:
             yield pool
         finally:

@@ -12,7 +12,9 @@ from prefect import task
 from svrl_core.algos.grpo_trainer import train_grpo
 from svrl_core.config import EnvConfig, Params
 from svrl_core.io import join
-from svrl_core.policies import load_policy
+from svrl_core.policies import VLAPolicy, load_policy
+from svrl_core.training.engine import init_process_group
+from svrl_core.training.ranks import Ranks
 from tasks.cluster import env_pool
 from tasks.layouts import solvable_layouts
 from tasks.metrics import engine_overrides
@@ -34,14 +36,24 @@ def rl_env_config(params: Params) -> EnvConfig:
     return EnvConfig.model_validate({**params.env.model_dump(), "max_steps": params.rl.max_steps})
 
 
-@task(tags=["envs"])
-def train_rl_policy(params: Params, on_iteration: Callable[[dict], None]) -> tuple[list[dict], dict | None]:
-    """-> (one metrics row per iteration, task -> layouts skipped as unsolvable or None when not filtering)."""
+def fit_rl_policy(params: Params, on_iteration: Callable[[dict], None] = lambda row: None,
+                  ) -> tuple[VLAPolicy, list[dict], dict | None]:
+    """GRPO on this rank's env workers; every rank of a multi-rank run calls this.
+    -> (policy, one metrics row per iteration, task -> layouts skipped as unsolvable or None)."""
+    init_process_group()  # before the pool: a shared Dask cluster is split by rank
     policy = load_policy(params.paths.sft_model, params.policy)
-    with solvable_layouts(params.env) as layouts, env_pool(rl_env_config(params), params.compute) as pool:
+    ranks = Ranks.of_process_group()
+    with (solvable_layouts(params.env) as layouts,
+          env_pool(rl_env_config(params), params.compute, ranks) as pool):
         history = train_grpo(policy, pool, list(params.env.tasks), params.rl, on_iteration,
                              state_dir=params.paths.rl_state, fingerprint=run_fingerprint(params),
-                             engine_overrides=engine_overrides(params),
-                             seed_of=layouts.seed)
+                             engine_overrides=engine_overrides(params), seed_of=layouts.seed)
+    return policy, history, layouts.unsolvable()
+
+
+@task(tags=["envs"])
+def train_rl_policy(params: Params, on_iteration: Callable[[dict], None]) -> tuple[list[dict], dict | None]:
+    """Rank 0: train, then write the policy."""
+    policy, history, unsolvable = fit_rl_policy(params, on_iteration)
     policy.save(params.paths.rl_model)
-    return history, layouts.unsolvable()
+    return history, unsolvable

@@ -32,10 +32,10 @@ def test_too_few_groups_is_a_clear_error():
 
 
 def test_a_group_gradient_is_the_grpo_gradient_and_flips_with_the_rewards(tiny_policy, tiny_params):
-    cfg = tiny_params.rl.model_copy(update={"prompts_per_batch": 4, "group_size": 4, "max_refills": 3})
+    cfg = tiny_params.rl.model_copy(update={"prompts_per_batch": 4, "group_size": 4, "max_refills": 3, "seed": 1})
     kept, _ = collect_mixed_groups(tiny_policy, LocalEnvPool(tiny_params.env, 16), PromptSampler(["red", "blue"], 0),
-                                   cfg, torch.Generator().manual_seed(0), RolloutStats())
-    group = kept[:4]
+                                   cfg, RolloutStats())
+    group = kept.trajectories[:4]
     flipped = [dataclasses.replace(t, success=not t.success) for t in group]
     grads = group_gradients(tiny_policy, [group, flipped], cfg.temperature, "seq-mean-token-mean")
     n_params = sum(p.numel() for p in tiny_policy.model.parameters())

@@ -234,10 +234,9 @@ def test_sft_lowers_the_loss_through_deepspeed(oft_params, tiny_dataset):
 def test_a_grpo_update_trains_the_oft_policy(oft_policy, oft_params):
     pool = LocalEnvPool(oft_params.env, 8)
     cfg = oft_params.rl.model_copy(update={"prompts_per_batch": 2, "group_size": 4, "dynamic_sampling": False,
-                                           "mini_batch_trajectories": 4})
-    kept, _ = collect_mixed_groups(oft_policy, pool, PromptSampler(["red", "blue"], 0), cfg,
-                                   torch.Generator().manual_seed(0), RolloutStats())
-    kept[0].success = True  # GRPO needs a reward difference inside a group to move anything
+                                           "mini_batch_trajectories": 4, "seed": 1})
+    kept, _ = collect_mixed_groups(oft_policy, pool, PromptSampler(["red", "blue"], 0), cfg, RolloutStats())
+    assert 0 < kept.rewards.sum() < len(kept), "with this seed a group has mixed rewards (GRPO moves nothing else)"
     before = [p.detach().clone() for p in oft_policy.model.parameters()]
     trainer = DeepSpeedTrainer(oft_policy.model, 1e-3, 0.0, 1.0, cfg.mini_batch_trajectories)
     metrics = grpo_update(oft_policy, trainer, kept, cfg, np.random.default_rng(0))

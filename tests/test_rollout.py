@@ -13,7 +13,7 @@ def requests(params, n_per_task=3):
 
 def test_episodes_run_to_the_end_and_mask_unexecuted_actions(tiny_policy, tiny_params):
     pool = LocalEnvPool(tiny_params.env, 4)  # fewer envs than requests: several waves
-    trajectories = run_episodes(tiny_policy, pool, requests(tiny_params), 1.6, torch.Generator().manual_seed(0))
+    trajectories = run_episodes(tiny_policy, pool, requests(tiny_params), 1.6, seed=0)
     assert [t.request for t in trajectories] == requests(tiny_params)
     for traj in trajectories:
         assert traj.final_obs is not None
@@ -43,18 +43,23 @@ def test_pipelined_stages_give_the_same_greedy_episodes(tiny_policy, tiny_params
         assert all(np.array_equal(x, y) for x, y in zip(a.bins, b.bins))
 
 
-def test_pipelined_sampling_is_reproducible_from_the_seed(tiny_policy, tiny_params):
+def test_sampled_episodes_depend_on_their_stream_not_on_pool_batch_or_stage(tiny_policy, tiny_params):
     from svrl_core.rollout import RolloutStats
 
-    def sampled(seed):
-        stats = RolloutStats()
-        pool = LocalEnvPool(tiny_params.env, 6, pipeline_stages=2)
-        runs = run_episodes(tiny_policy, pool, requests(tiny_params), 1.6, torch.Generator().manual_seed(seed), stats)
+    reqs = requests(tiny_params)
+
+    def sampled(seed, n_envs=6, stages=2, rows=None):
+        stats, rows = RolloutStats(), rows or list(range(len(reqs)))
+        pool = LocalEnvPool(tiny_params.env, n_envs, pipeline_stages=stages)
+        runs = run_episodes(tiny_policy, pool, [reqs[i] for i in rows], 1.6, seed, stats, streams=rows)
         assert stats.env_steps == sum(t.steps for t in runs)  # the stages' counters add up
         return [[b.tolist() for b in t.bins] for t in runs]
 
     first = sampled(0)
     assert sampled(0) == first and sampled(1) != first
+    assert sampled(0, n_envs=2, stages=1) == first, "another pool size and batch: the same episodes"
+    odd = list(range(1, len(reqs), 2))  # what one of two ranks runs
+    assert sampled(0, n_envs=3, stages=1, rows=odd) == [first[i] for i in odd]
 
 
 @pytest.mark.integration

@@ -130,12 +130,12 @@ def test_prompt_sampler_groups_and_cursor():
 
 def test_one_grpo_iteration_changes_the_policy(tiny_policy, tiny_params):
     pool = LocalEnvPool(tiny_params.env, 16)
-    cfg = tiny_params.rl.model_copy(update={"prompts_per_batch": 4, "group_size": 4, "max_refills": 3})
-    kept, info = collect_mixed_groups(tiny_policy, pool, PromptSampler(["red", "blue"], 0), cfg,
-                                      torch.Generator().manual_seed(0), RolloutStats())
+    cfg = tiny_params.rl.model_copy(update={"prompts_per_batch": 4, "group_size": 4, "max_refills": 3, "seed": 1})
+    kept, info = collect_mixed_groups(tiny_policy, pool, PromptSampler(["red", "blue"], 0), cfg, RolloutStats())
     assert 0 <= info["success_rate"] <= 1 and info["episodes"] >= 16
-    assert kept, "with this seed the untrained policy reaches a disc in some, not all, samples"
-    rewards = [t.success for t in kept]
+    assert len(kept), "with this seed the untrained policy reaches a disc in some, not all, samples"
+    rewards = [t.success for t in kept.trajectories]
+    assert rewards == kept.rewards.bool().tolist() and kept.tokens.tolist() == [2 * t.steps for t in kept.trajectories]
     assert len(kept) % 4 == 0 and 0 < sum(rewards) < len(rewards)
     before = [p.detach().clone() for p in tiny_policy.model.parameters()]
     trainer = DeepSpeedTrainer(tiny_policy.model, cfg.lr, 0.0, 1.0, cfg.mini_batch_trajectories)
@@ -212,7 +212,7 @@ def scripted_batches(monkeypatch, outcomes_per_call):
 
     calls = iter(outcomes_per_call)
 
-    def fake_run_episodes(policy, pool, requests, temperature, generator, stats):
+    def fake_run_episodes(policy, pool, requests, temperature, seed, stats, streams):
         outcomes = next(calls)
         assert len(outcomes) == len(requests)
         return [Trajectory(r, success=bool(s)) for r, s in zip(requests, outcomes)]
@@ -225,8 +225,8 @@ def test_refills_until_enough_mixed_groups(monkeypatch, tiny_params):
                                             "max_refills": 5, "mini_batch_trajectories": 2})
     scripted_batches(monkeypatch, [[1, 0, 1, 1], [0, 0, 0, 0], [1, 0, 0, 1], [1, 1, 1, 1]])
     sampler = PromptSampler(["red"], 0)
-    kept, info = collect_mixed_groups(None, None, sampler, cfg, None, RolloutStats())
-    assert [t.request.group for t in kept] == [0, 0, 4, 4, 5, 5]
+    kept, info = collect_mixed_groups(None, None, sampler, cfg, RolloutStats())
+    assert [t.request.group for t in kept.trajectories] == [0, 0, 4, 4, 5, 5]
     assert info == {"success_rate": 5 / 12, "kept_group_fraction": 3 / 6, "refills": 2, "episodes": 12}
     assert sampler.cursor == 6
 
@@ -235,7 +235,7 @@ def test_refills_stop_at_the_cap(monkeypatch, tiny_params):
     cfg = tiny_params.rl.model_copy(update={"prompts_per_batch": 2, "group_size": 2, "min_valid_groups": 3,
                                             "max_refills": 1, "mini_batch_trajectories": 2})
     scripted_batches(monkeypatch, [[1, 0, 1, 1], [0, 0, 0, 0]])
-    kept, info = collect_mixed_groups(None, None, PromptSampler(["red"], 0), cfg, None, RolloutStats())
+    kept, info = collect_mixed_groups(None, None, PromptSampler(["red"], 0), cfg, RolloutStats())
     assert len(kept) == 2 and info["refills"] == 1
 
 
@@ -244,7 +244,7 @@ def test_without_dynamic_sampling_every_group_trains(monkeypatch, tiny_params):
                                             "max_refills": 5, "mini_batch_trajectories": 2,
                                             "dynamic_sampling": False})
     scripted_batches(monkeypatch, [[1, 0, 1, 1]])
-    kept, info = collect_mixed_groups(None, None, PromptSampler(["red"], 0), cfg, None, RolloutStats())
+    kept, info = collect_mixed_groups(None, None, PromptSampler(["red"], 0), cfg, RolloutStats())
     assert len(kept) == 4 and info["refills"] == 0 and info["kept_group_fraction"] == 0.5
 
 
@@ -256,22 +256,22 @@ def fixed_batch(tiny_params, **changes):
 def test_fixed_batch_refills_until_reached_and_drops_the_surplus(monkeypatch, tiny_params):
     # batch 1 keeps group 0; batch 2 none; batch 3 keeps groups 4 and 5 (three reached: stop)
     scripted_batches(monkeypatch, [[1, 0, 1, 1], [0, 0, 0, 0], [1, 0, 0, 1]])
-    kept, info = collect_mixed_groups(None, None, PromptSampler(["red"], 0), fixed_batch(tiny_params), None,
+    kept, info = collect_mixed_groups(None, None, PromptSampler(["red"], 0), fixed_batch(tiny_params),
                                       RolloutStats())
-    assert [t.request.group for t in kept] == [0, 0, 4, 4, 5, 5]
+    assert [t.request.group for t in kept.trajectories] == [0, 0, 4, 4, 5, 5]
     assert info["trained_groups"] == 3 and info["dropped_groups"] == 0 and info["episodes"] == 12
     scripted_batches(monkeypatch, [[1, 0, 0, 1], [1, 0, 1, 0]])  # four kept groups: the fourth is dropped
-    kept, info = collect_mixed_groups(None, None, PromptSampler(["red"], 0), fixed_batch(tiny_params), None,
+    kept, info = collect_mixed_groups(None, None, PromptSampler(["red"], 0), fixed_batch(tiny_params),
                                       RolloutStats())
-    assert [t.request.group for t in kept] == [0, 0, 1, 1, 2, 2] and info["dropped_groups"] == 1
+    assert [t.request.group for t in kept.trajectories] == [0, 0, 1, 1, 2, 2] and info["dropped_groups"] == 1
 
 
 def test_fixed_batch_skips_a_short_batch_and_says_why(monkeypatch, tiny_params, caplog):
     scripted_batches(monkeypatch, [[1, 0, 1, 1], [0, 0, 0, 0]])  # 8 trajectories = max_rollouts, one group kept
     with caplog.at_level(logging.WARNING, logger="svrl"):
         kept, info = collect_mixed_groups(None, None, PromptSampler(["red"], 0),
-                                          fixed_batch(tiny_params, max_rollouts=8), None, RolloutStats())
-    assert kept == [] and info["short_batch"] and info["trained_groups"] == 0 and info["episodes"] == 8
+                                          fixed_batch(tiny_params, max_rollouts=8), RolloutStats())
+    assert len(kept) == 0 and info["short_batch"] and info["trained_groups"] == 0 and info["episodes"] == 8
     assert "only 1 of rl.train_groups=3 kept groups within rl.max_rollouts=8" in caplog.text
     assert "raise rl.max_rollouts or lower rl.train_groups" in caplog.text
 
@@ -324,7 +324,7 @@ def test_rl_rollouts_stop_at_the_rl_step_limit(tiny_policy, tiny_params):
     params = tiny_params.model_copy(update={"rl": tiny_params.rl.model_copy(update={"max_steps": 3})})
     requests = PromptSampler(["red", "blue"], 0).next_requests(4, 4)
     steps = {env_cfg.max_steps: [t.steps for t in run_episodes(tiny_policy, LocalEnvPool(env_cfg, 8), requests, 1.6,
-                                                             torch.Generator().manual_seed(0), RolloutStats())]
+                                                             0, RolloutStats())]
              for env_cfg in (params.env, rl_env_config(params))}
     assert max(steps[3]) == 3 and max(steps[16]) > 3  # eval keeps env.max_steps = 16
 

@@ -2,6 +2,9 @@
 
     group_advantages -> keep_mixed_groups -> clipped_policy_loss
 
+(`clipped_token_losses` weighted by `sequence_token_weights` is the same loss, split into
+micro-batches and over ranks.)
+
 Binary success reward per trajectory, group-normalized advantage (unbiased std + 1e-6),
 PPO clipped surrogate with asymmetric clip [1 - clip_low, 1 + clip_high], no KL term.
 """
@@ -50,6 +53,39 @@ def aggregate_tokens(values: torch.Tensor, mask: torch.Tensor, mode: LossAggrega
     raise ValueError(f"unknown loss aggregation {mode!r}; valid: {AGGREGATIONS}")
 
 
+def sequence_token_weights(tokens: torch.Tensor, mode: LossAggregation) -> torch.Tensor:
+    """tokens (N,) valid tokens of each sequence of a mini-batch -> (N,) the weight of each of a sequence's
+    tokens, so that sum(weight_i * values over i's valid tokens) == aggregate_tokens(values, mask, mode).
+
+    This is what lets a mini-batch be split into micro-batches (and over ranks): a sequence keeps the
+    weight of its own total count, whichever micro-batch holds each of its tokens."""
+    tokens = tokens.double()
+    if mode == "token-mean":
+        return torch.full_like(tokens, 1.0 / max(float(tokens.sum()), 1.0))
+    if mode == "seq-mean-token-mean":
+        has_tokens = tokens > 0
+        return torch.where(has_tokens, 1.0 / (tokens.clamp(min=1.0) * max(int(has_tokens.sum()), 1)), 0.0)
+    raise ValueError(f"unknown loss aggregation {mode!r}; valid: {AGGREGATIONS}")
+
+
+def clipped_token_losses(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
+                         clip_low: float, clip_high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The PPO clipped surrogate per token, asymmetric clip [1 - clip_low, 1 + clip_high].
+
+    log_probs, old_log_probs: (..., T); advantages broadcast against them (e.g. (N, 1) per sequence).
+    Returns (loss per token, True where clipping bound it)."""
+    ratio = (log_probs - old_log_probs).exp()
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * advantages
+    return -torch.minimum(unclipped, clipped), (clipped < unclipped).detach()
+
+
+def approx_kl(log_probs: torch.Tensor, old_log_probs: torch.Tensor) -> torch.Tensor:
+    """Per-token estimate of KL(old || new): (ratio - 1) - log ratio (Schulman's k3), no gradient."""
+    log_ratio = (log_probs - old_log_probs).detach()
+    return log_ratio.exp() - 1 - log_ratio
+
+
 def clipped_policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor,
                         mask: torch.Tensor, clip_low: float, clip_high: float,
                         aggregation: LossAggregation) -> tuple[torch.Tensor, dict[str, float]]:
@@ -58,17 +94,13 @@ def clipped_policy_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, ad
     log_probs, old_log_probs, mask: (N, T) per action token; advantages: (N,) per trajectory.
     Returns (loss, metrics) with clip fraction and approximate KL over valid tokens.
     """
-    log_ratio = log_probs - old_log_probs  # (N, T)
-    ratio = log_ratio.exp()
-    adv = advantages[:, None]  # (N, 1), broadcast to every token
-    unclipped = ratio * adv
-    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * adv
-    loss = aggregate_tokens(-torch.minimum(unclipped, clipped), mask, aggregation)
+    token_losses, clipped = clipped_token_losses(log_probs, old_log_probs, advantages[:, None], clip_low, clip_high)
+    loss = aggregate_tokens(token_losses, mask, aggregation)
     with torch.no_grad():
         valid = mask.float()
         n_valid = valid.sum().clamp(min=1.0)
         metrics = {
-            "clip_fraction": float(((clipped < unclipped).float() * valid).sum() / n_valid),
-            "approx_kl": float((((ratio - 1) - log_ratio) * valid).sum() / n_valid),
+            "clip_fraction": float((clipped.float() * valid).sum() / n_valid),
+            "approx_kl": float((approx_kl(log_probs, old_log_probs) * valid).sum() / n_valid),
         }
     return loss, metrics

@@ -12,13 +12,17 @@ from typing import Callable
 import numpy as np
 import torch
 
-from svrl_core.algos.grpo import clipped_policy_loss, group_advantages, keep_mixed_groups
-from svrl_core.config import RlConfig
+from svrl_core.algos.grpo import (approx_kl, clipped_token_losses, group_advantages, keep_mixed_groups,
+                                  sequence_token_weights)
+from svrl_core.config import ConfigError, RlConfig
+from svrl_core.envs import Obs
 from svrl_core.experts.layouts import SeedMap, consecutive
 from svrl_core.policies import PolicyInputs, VLAPolicy, token_log_probs
 from svrl_core.progress import Progress
 from svrl_core.rollout import EnvPool, EpisodeRequest, RolloutStats, Trajectory, run_episodes
 from svrl_core.training import DeepSpeedTrainer, load_training_state, save_training_state
+from svrl_core.training.engine import init_process_group, zero_stage
+from svrl_core.training.ranks import Ranks
 
 logger = logging.getLogger("svrl")
 INFERENCE_BATCH = 512
@@ -73,44 +77,92 @@ def may_refill(cfg: RlConfig, attempt: int, episodes: int) -> bool:
     return episodes + cfg.prompts_per_batch * cfg.group_size <= cfg.max_rollouts
 
 
+@dataclass
+class KeptBatch:
+    """One iteration's kept groups, chosen alike on every rank: every trajectory's reward and token
+    count, and the trajectories that this rank rolled out (the others stay on their ranks)."""
+
+    rewards: torch.Tensor  # (N,) 0/1, group by group
+    tokens: torch.Tensor  # (N,) executed action tokens of each trajectory
+    held: dict[int, Trajectory]  # position in the batch -> trajectory, for those this rank holds
+    spare: Obs | None = None  # an observation this rank saw: its input when it has nothing to train
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+    @property
+    def trajectories(self) -> list[Trajectory]:
+        """This rank's kept trajectories, in batch order."""
+        return [self.held[i] for i in sorted(self.held)]
+
+
+def episode_streams(requests: list[EpisodeRequest], group_size: int) -> list[int]:
+    """Each episode's random stream, numbered by its place in the run (group x group_size + member), so
+    that no result depends on which rank or batch rolls it out."""
+    return [r.group * group_size + j % group_size for j, r in enumerate(requests)]
+
+
+def rollout_share(policy: VLAPolicy, pool: EnvPool, requests: list[EpisodeRequest], cfg: RlConfig,
+                  stats: RolloutStats, ranks: Ranks) -> tuple[dict[int, Trajectory], torch.Tensor, torch.Tensor]:
+    """Run this rank's share of a batch -> (position -> its trajectory, every rank's rewards (n,) and
+    executed token counts (n,))."""
+    streams = episode_streams(requests, cfg.group_size)
+    mine = ranks.share(len(requests))
+    ran = run_episodes(policy, pool, [requests[j] for j in mine], cfg.temperature, cfg.seed, stats,
+                       streams=[streams[j] for j in mine])
+    action_dim = policy.action_dim if policy is not None else 0
+    outcomes = {j: (float(t.success), t.steps * action_dim) for j, t in zip(mine, ran)}
+    merged = {j: o for part in ranks.gather(outcomes) for j, o in part.items()}
+    rewards = torch.tensor([merged[j][0] for j in range(len(requests))])
+    tokens = torch.tensor([merged[j][1] for j in range(len(requests))])
+    return dict(zip(mine, ran)), rewards, tokens
+
+
 def collect_mixed_groups(policy: VLAPolicy, pool: EnvPool, sampler: PromptSampler, cfg: RlConfig,
-                         generator: torch.Generator, stats: RolloutStats) -> tuple[list[Trajectory], dict]:
+                         stats: RolloutStats, ranks: Ranks = Ranks()) -> tuple[KeptBatch, dict]:
     """Roll out batches until enough groups are kept: exactly `train_groups` (surplus dropped, nothing
-    if max_rollouts runs out first), or without it at least `min_valid_groups` (or refills run out)."""
-    kept: list[Trajectory] = []
+    if max_rollouts runs out first), or without it at least `min_valid_groups` (or refills run out).
+    Every rank rolls out its share; the groups are kept from all ranks' rewards, the same on each."""
+    rewards, tokens, held, spare = [], [], {}, None
     n_groups = n_mixed = n_success = n_episodes = refills = 0
     target = (cfg.train_groups or cfg.min_valid_groups) * cfg.group_size
     for attempt in itertools.count():
         if not may_refill(cfg, attempt, n_episodes):
             break
         requests = sampler.next_requests(cfg.prompts_per_batch, cfg.group_size)
-        trajectories = run_episodes(policy, pool, requests, cfg.temperature, generator, stats)
-        rewards = torch.tensor([float(t.success) for t in trajectories])
-        mixed = keep_mixed_groups(rewards, cfg.group_size, *cfg.keep_success_range)  # (n_groups,)
-        for g in torch.nonzero(mixed).flatten().tolist():
-            kept += trajectories[g * cfg.group_size:(g + 1) * cfg.group_size]
+        ran, batch_rewards, batch_tokens = rollout_share(policy, pool, requests, cfg, stats, ranks)
+        if spare is None:
+            spare = next((t.observations[0] for t in ran.values() if t.observations), None)
+        mixed = keep_mixed_groups(batch_rewards, cfg.group_size, *cfg.keep_success_range)  # (n_groups,)
+        kept = mixed if cfg.dynamic_sampling else torch.full_like(mixed, bool(mixed.any()))  # ablation: every
+        for g in torch.nonzero(kept).flatten().tolist():  # group, all-equal ones with zero advantage
+            for j in range(g * cfg.group_size, (g + 1) * cfg.group_size):
+                if j in ran:
+                    held[len(rewards)] = ran[j]
+                rewards.append(batch_rewards[j])
+                tokens.append(batch_tokens[j])
         n_groups += len(mixed)
         n_mixed += int(mixed.sum())
-        n_success += int(rewards.sum())
-        n_episodes += len(trajectories)
+        n_success += int(batch_rewards.sum())
+        n_episodes += len(requests)
         refills = attempt
-        if not cfg.dynamic_sampling:  # ablation: train on every group, all-equal ones with zero advantage
-            kept = trajectories if n_mixed else []
-            break
-        if len(kept) >= target:
+        if not cfg.dynamic_sampling or len(rewards) >= target:
             break
     info = {"success_rate": n_success / n_episodes, "kept_group_fraction": n_mixed / n_groups,
             "refills": refills, "episodes": n_episodes}
+    keep = len(rewards)
     if cfg.train_groups is not None and cfg.dynamic_sampling:
-        info["trained_groups"] = cfg.train_groups if len(kept) >= target else 0
-        info["dropped_groups"] = max(0, len(kept) - target) // cfg.group_size
-        if len(kept) < target:
+        info["trained_groups"] = cfg.train_groups if keep >= target else 0
+        info["dropped_groups"] = max(0, keep - target) // cfg.group_size
+        if keep < target:
             logger.warning("rl: only %d of rl.train_groups=%d kept groups within rl.max_rollouts=%d trajectories: "
                            "update skipped (raise rl.max_rollouts or lower rl.train_groups)",
-                           len(kept) // cfg.group_size, cfg.train_groups, cfg.max_rollouts)
+                           keep // cfg.group_size, cfg.train_groups, cfg.max_rollouts)
             info["short_batch"] = True
-        kept = kept[:target] if len(kept) >= target else []
-    return kept, info
+        keep = target if keep >= target else 0
+    batch = KeptBatch(torch.tensor(rewards[:keep]), torch.tensor(tokens[:keep], dtype=torch.long),
+                      {i: t for i, t in held.items() if i < keep}, spare)
+    return batch, info
 
 
 @dataclass
@@ -149,41 +201,99 @@ class QueryBatch:
         return self.per_trajectory(log_probs, n_chunks), entropy
 
 
-def old_log_probs(policy: VLAPolicy, queries: QueryBatch, temperature: float) -> torch.Tensor:
+def old_log_probs(policy: VLAPolicy, queries: QueryBatch, temperature: float,
+                  batch: int = INFERENCE_BATCH) -> torch.Tensor:
     """(Q, K * D) log-probs of the sampled bins under the current policy, recomputed after rollout."""
     with torch.no_grad():
         parts = []
-        for start in range(0, len(queries.bins), INFERENCE_BATCH):
-            rows = torch.arange(start, min(start + INFERENCE_BATCH, len(queries.bins)))
+        for rows in torch.arange(len(queries.bins)).split(batch):
             parts.append(token_log_probs(policy.model(queries.inputs.select(rows)), queries.bins[rows], temperature)[0])
-        return torch.cat(parts)
+        return torch.cat(parts) if parts else queries.bins.new_zeros(queries.bins.shape, dtype=torch.float32)
 
 
-def grpo_update(policy: VLAPolicy, trainer: DeepSpeedTrainer, trajectories: list[Trajectory], cfg: RlConfig,
-                rng: np.random.Generator) -> dict[str, float]:
-    """One GRPO step over the kept groups: clipped mini-batch updates against the rollout policy."""
-    advantages = group_advantages(torch.tensor([float(t.success) for t in trajectories]), cfg.group_size)  # (N,)
-    n_chunks = max(len(t.observations) for t in trajectories)
-    everything = QueryBatch.of(policy, trajectories)
-    b_old = everything.per_trajectory(old_log_probs(policy, everything, cfg.temperature), n_chunks)  # (N, T)
-    b_mask = everything.trajectory_mask(n_chunks)  # (N, T)
+@dataclass
+class HeldQueries:
+    """The queries of the trajectories this rank holds, with what the loss needs of each."""
+
+    queries: QueryBatch
+    position: torch.Tensor  # (Q,) each query's trajectory, as its position in the kept batch
+    old_log_probs: torch.Tensor  # (Q, K * D)
+
+    @classmethod
+    def of(cls, policy: VLAPolicy, batch: KeptBatch, cfg: RlConfig) -> "HeldQueries | None":
+        positions = sorted(batch.held)
+        if not positions:
+            return None
+        queries = QueryBatch.of(policy, [batch.held[i] for i in positions])
+        return cls(queries, torch.tensor(positions)[queries.owner],
+                   old_log_probs(policy, queries, cfg.temperature, cfg.micro_batch_chunks))
+
+
+def grpo_update(policy: VLAPolicy, trainer: DeepSpeedTrainer, batch: KeptBatch, cfg: RlConfig,
+                rng: np.random.Generator, ranks: Ranks = Ranks()) -> dict[str, float]:
+    """One GRPO step over the kept groups: clipped mini-batch updates against the rollout policy.
+
+    A mini-batch is `mini_batch_trajectories` trajectories of whole groups, the same on every rank;
+    each rank trains the ones it holds, in micro-batches of at most `micro_batch_chunks` queries, and
+    the gradients of all of them add up to the whole mini-batch's before the one optimizer step."""
+    advantages = group_advantages(batch.rewards, cfg.group_size)  # (N,)
+    held = HeldQueries.of(policy, batch, cfg)
+    spare = policy.prepare([batch.spare]) if held is None else None
     policy.model.train()
     rows: list[dict[str, float]] = []
     for _ in range(cfg.epochs):
-        groups = rng.permutation(len(trajectories) // cfg.group_size)  # mini-batches hold whole groups
+        groups = rng.permutation(len(batch) // cfg.group_size)  # mini-batches hold whole groups
         order = (groups[:, None] * cfg.group_size + np.arange(cfg.group_size)).reshape(-1)
         for start in range(0, len(order), cfg.mini_batch_trajectories):
-            mb = order[start:start + cfg.mini_batch_trajectories]
-            queries = QueryBatch.of(policy, [trajectories[i] for i in mb])
-            mb_log_probs, entropy = queries.scored(trainer.forward(queries.inputs), cfg.temperature, n_chunks)
-            loss, metrics = clipped_policy_loss(mb_log_probs, b_old[mb], advantages[mb], b_mask[mb],
-                                                cfg.clip_low, cfg.clip_high, cfg.loss_agg)
-            metrics["grad_norm"] = trainer.backward_step(loss)
-            metrics["loss"] = loss.item()
-            metrics["entropy"] = float(entropy.detach()[queries.mask].mean())
-            rows.append(metrics)
+            members = torch.from_numpy(order[start:start + cfg.mini_batch_trajectories])
+            weights = torch.zeros(len(batch), dtype=torch.float64)
+            weights[members] = sequence_token_weights(batch.tokens[members], cfg.loss_agg)  # (N,)
+            rows.append(train_mini_batch(trainer, held, advantages, weights, cfg, ranks, spare))
     policy.model.eval()
     return {k: float(np.mean([m[k] for m in rows])) for k in rows[0]}
+
+
+def train_mini_batch(trainer: DeepSpeedTrainer, held: HeldQueries | None, advantages: torch.Tensor,
+                     weights: torch.Tensor, cfg: RlConfig, ranks: Ranks, spare: PolicyInputs | None) -> dict:
+    """Accumulate the gradient of sum(weight x clipped loss) over this rank's queries of the mini-batch
+    (those whose trajectory has a weight) in micro-batches, then step. Every rank runs as many
+    micro-batches as the busiest one (the others forward a spare input at zero weight), since
+    DeepSpeed reduces gradients across ranks inside each backward."""
+    rows = torch.nonzero(weights[held.position] > 0).flatten() if held else torch.zeros(0, dtype=torch.long)
+    micro_batches = list(rows.split(cfg.micro_batch_chunks))
+    n_micro = ranks.max(max(len(micro_batches), 1))
+    sums = torch.zeros(5, dtype=torch.float64)  # loss, clipped tokens, approx KL, entropy, valid tokens
+    for m in range(n_micro):
+        if m < len(micro_batches):
+            loss, metric_sums = micro_batch_loss(trainer, held, micro_batches[m], advantages, weights, cfg)
+            sums += metric_sums
+        else:
+            idle_input = spare if held is None else held.queries.inputs.select(torch.tensor([0]))
+            loss = trainer.forward(idle_input).sum() * 0.0
+        trainer.accumulate(loss * ranks.world, boundary=m == n_micro - 1)  # DeepSpeed averages over ranks
+    grad_norm = trainer.step()
+    loss, clipped, kl, entropy, n_tokens = ranks.sum(sums).tolist()
+    n_tokens = max(n_tokens, 1.0)
+    return {"loss": loss, "clip_fraction": clipped / n_tokens, "approx_kl": kl / n_tokens,
+            "entropy": entropy / n_tokens, "grad_norm": grad_norm}
+
+
+def micro_batch_loss(trainer: DeepSpeedTrainer, held: HeldQueries, rows: torch.Tensor, advantages: torch.Tensor,
+                     weights: torch.Tensor, cfg: RlConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The weighted clipped loss of these query rows (R,) and the sums of its metrics."""
+    queries, position = held.queries, held.position[rows]
+    logits = trainer.forward(queries.inputs.select(rows))  # (R, K * D, n_bins)
+    log_probs, entropy = token_log_probs(logits, queries.bins[rows], cfg.temperature)  # (R, K * D) each
+    old = held.old_log_probs[rows]
+    token_losses, clipped = clipped_token_losses(log_probs, old, advantages[position, None], cfg.clip_low,
+                                                 cfg.clip_high)  # (R, K * D)
+    token_weights = queries.mask[rows] * weights[position, None]  # (R, K * D), float64
+    loss = (token_losses.double() * token_weights).sum()
+    with torch.no_grad():
+        valid = queries.mask[rows].double()
+        metric_sums = torch.stack([loss.detach(), (clipped * valid).sum(), (approx_kl(log_probs, old) * valid).sum(),
+                                   (entropy.detach() * valid).sum(), valid.sum()])
+    return loss, metric_sums
 
 
 def why_nothing_to_learn(success_rate: float) -> str:
@@ -194,7 +304,7 @@ def why_nothing_to_learn(success_rate: float) -> str:
 
 
 def iteration_seed(seed: int, iteration: int) -> int:
-    """The sampling seed of one iteration: recorded per row, so any iteration can be replayed."""
+    """The seed of one iteration's mini-batch order: recorded per row, so any update can be replayed."""
     return int(np.random.SeedSequence([seed, iteration]).generate_state(1)[0])
 
 
@@ -209,25 +319,35 @@ def idle_streak(history: list[dict]) -> int:
 
 
 def grpo_iteration(policy: VLAPolicy, pool: EnvPool, trainer: DeepSpeedTrainer, sampler: PromptSampler,
-                   cfg: RlConfig, iteration: int) -> dict:
+                   cfg: RlConfig, iteration: int, ranks: Ranks = Ranks()) -> dict:
     """Rollout with dynamic sampling, then one GRPO update if any group had mixed rewards."""
     seed = iteration_seed(cfg.seed, iteration)
-    generator, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
     stats, first_prompt, began = RolloutStats(), sampler.cursor, time.monotonic()
-    kept, row = collect_mixed_groups(policy, pool, sampler, cfg, generator, stats)
+    kept, row = collect_mixed_groups(policy, pool, sampler, cfg, stats, ranks)
     rollout_s = time.monotonic() - began
-    row.update(iteration=iteration, sampling_seed=seed, prompts=[first_prompt, sampler.cursor],
-               env_steps=stats.env_steps, rollout_time_s=rollout_s, env_steps_per_s=stats.env_steps / max(rollout_s, 1e-9),
-               inference_time_s=stats.inference_time_s, restarted_episodes=stats.restarted_episodes)
-    if kept:
+    row.update(iteration=iteration, shuffle_seed=seed, prompts=[first_prompt, sampler.cursor],
+               env_steps=int(ranks.sum(torch.tensor([float(stats.env_steps)])).item()), rollout_time_s=rollout_s,
+               inference_time_s=stats.inference_time_s,
+               restarted_episodes=int(ranks.sum(torch.tensor([float(stats.restarted_episodes)])).item()))
+    row["env_steps_per_s"] = row["env_steps"] / max(rollout_s, 1e-9)
+    if len(kept):
         began = time.monotonic()
-        row.update(grpo_update(policy, trainer, kept, cfg, rng), update_time_s=time.monotonic() - began)
+        row.update(grpo_update(policy, trainer, kept, cfg, np.random.default_rng(seed), ranks),
+                   update_time_s=time.monotonic() - began)
     elif row.get("short_batch"):
         pass  # collect_mixed_groups said why
-    else:
+    elif ranks.is_writer:
         logger.warning("rl iteration %d: no group had mixed rewards (success rate %.3f over %d episodes): %s",
                        iteration, row["success_rate"], row["episodes"], why_nothing_to_learn(row["success_rate"]))
     return row
+
+
+def check_ranks(cfg: RlConfig, ranks: Ranks) -> None:
+    """Every rank needs episodes of its own in each rollout batch."""
+    if ranks.world > cfg.prompts_per_batch * cfg.group_size:
+        raise ConfigError(f"{ranks.world} ranks for rollout batches of {cfg.prompts_per_batch * cfg.group_size} "
+                          f"episodes (rl.prompts_per_batch x rl.group_size): use at most that many ranks "
+                          f"(compute.ranks)")
 
 
 def train_grpo(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: RlConfig,
@@ -237,12 +357,19 @@ def train_grpo(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: RlConfig
     """Run `cfg.iterations` GRPO iterations on `policy` in place; returns one metrics row per iteration.
     `seed_of` picks the initial states (every one, or the layouts the expert solves).
 
+    Under a multi-rank launcher every rank calls this with its own env pool: each rolls out its
+    share, the kept groups are chosen from all ranks' rewards, and the result equals one rank's.
+
     With `state_dir`, the state is saved every `cfg.checkpoint_every` iterations and a run
     with the same fingerprint resumes from it, giving the same metrics as an uninterrupted run.
     """
     torch.manual_seed(cfg.seed)
+    init_process_group()
+    ranks = Ranks.of_process_group()
+    check_ranks(cfg, ranks)
     sampler, history = prompt_sampler(tasks, cfg, seed_of), []
-    saved = load_training_state(state_dir, fingerprint) if state_dir else None
+    partitioned = zero_stage(engine_overrides) > 0
+    saved = load_training_state(state_dir, fingerprint, ranks, partitioned) if state_dir else None
     if saved:  # weights first: ZeRO builds its partitions from them when the engine starts
         policy.load_weights_of(saved.policy)
     trainer = DeepSpeedTrainer(policy.model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.mini_batch_trajectories,
@@ -254,15 +381,17 @@ def train_grpo(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: RlConfig
     progress = Progress("rl", cfg.iterations, "iterations")
     stalled = lambda: idle_streak(history) >= cfg.max_idle_iterations  # noqa: E731
     while len(history) < cfg.iterations and not stalled():
-        row = grpo_iteration(policy, pool, trainer, sampler, cfg, len(history) + 1)
+        row = grpo_iteration(policy, pool, trainer, sampler, cfg, len(history) + 1, ranks)
         history.append(row)
-        on_iteration(row)
-        progress.update(len(history), success=row["success_rate"], kept=row["kept_group_fraction"])
+        if ranks.is_writer:
+            on_iteration(row)
+            progress.update(len(history), success=row["success_rate"], kept=row["kept_group_fraction"])
         last = len(history) == cfg.iterations or stalled()
         if state_dir and (len(history) % cfg.checkpoint_every == 0 or last):
             save_training_state(state_dir, fingerprint, policy, trainer.optimizer_state(),
-                                {"history": history, "prompt_cursor": sampler.cursor})
-    if stalled():
+                                {"history": history, "prompt_cursor": sampler.cursor, "step": len(history)}, ranks,
+                                partitioned)
+    if stalled() and ranks.is_writer:
         logger.warning("rl: stopped after %d iterations without a mixed group (last success rate %.3f): %s",
                        idle_streak(history), history[-1]["success_rate"], why_nothing_to_learn(history[-1]["success_rate"]))
     return history

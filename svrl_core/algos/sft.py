@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from svrl_core.config import SftConfig
 from svrl_core.data import DemoDataset, iterate_chunk_batches
-from svrl_core.policies import VLAPolicy
+from svrl_core.policies import PolicyInputs, VLAPolicy
 from svrl_core.progress import Progress
 from svrl_core.training import DeepSpeedTrainer
 
@@ -60,6 +60,25 @@ class StateNoise:
         return (states + self.rng.normal(size=states.shape) * self.std).astype(np.float32)
 
 
+def sft_step(trainer: DeepSpeedTrainer, inputs: PolicyInputs, targets: torch.Tensor, mask: torch.Tensor,
+             bin_centres: torch.Tensor, cfg: SftConfig) -> dict[str, float]:
+    """One optimizer step on a batch (B rows), in micro-batches of at most `cfg.micro_batch_size` rows. Each
+    micro-batch's token-mean loss is weighted by its share of the batch's real tokens, so the accumulated
+    gradient (and every metric) is the whole batch's."""
+    micro_batches = torch.arange(len(targets)).split(cfg.micro_batch_size or len(targets))
+    n_tokens = mask.sum().clamp(min=1)
+    totals: dict[str, float] = {}
+    for m, rows in enumerate(micro_batches):
+        share = mask[rows].sum() / n_tokens
+        loss, metrics = sft_loss(trainer.forward(inputs.select(rows)), targets[rows], mask[rows], bin_centres,
+                                 cfg.mean_l1_weight)
+        trainer.accumulate(loss * share, boundary=m == len(micro_batches) - 1)
+        for name, value in metrics.items():
+            totals[name] = totals.get(name, 0.0) + value * float(share)
+    totals["grad_norm"] = trainer.step()
+    return totals
+
+
 def train_sft(policy: VLAPolicy, data: DemoDataset, instructions: list[str], cfg: SftConfig,
               engine_overrides: dict | None = None) -> list[dict]:
     """Train `policy` in place; returns the logged metrics rows."""
@@ -80,8 +99,7 @@ def train_sft(policy: VLAPolicy, data: DemoDataset, instructions: list[str], cfg
         inputs = policy.prepare_arrays(batch.images, noisy_states(batch.states), batch.instructions)
         targets = torch.from_numpy(policy.actions.encode(batch.actions, batch.states)).flatten(1)  # (B, K * D)
         mask = torch.from_numpy(np.repeat(batch.action_mask, policy.action_dim, axis=1))  # (B, K * D)
-        loss, metrics = sft_loss(trainer.forward(inputs), targets, mask, bin_centres, cfg.mean_l1_weight)
-        metrics["grad_norm"] = trainer.backward_step(loss)
+        metrics = sft_step(trainer, inputs, targets, mask, bin_centres, cfg)
         if step % cfg.log_every == 0 or step == cfg.steps:
             history.append({"step": step, **metrics, "lr": scheduled_lr(cfg, step),
                             "steps_per_s": step / (time.monotonic() - start)})

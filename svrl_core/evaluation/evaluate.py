@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from svrl_core.config import EvalConfig
 from svrl_core.experts.layouts import SeedMap, consecutive
 from svrl_core.policies import VLAPolicy
@@ -41,7 +39,7 @@ def evaluate_policy(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: Eva
     trajectories = run_episodes(policy, pool, requests, None, progress_name="eval")
     table = success_table(trajectories)
     if cfg.sampled_temperature is not None:
-        generator = torch.Generator().manual_seed(cfg.seed_start)
-        sampled = run_episodes(policy, pool, requests, cfg.sampled_temperature, generator, progress_name="eval sampled")
+        sampled = run_episodes(policy, pool, requests, cfg.sampled_temperature, cfg.seed_start,
+                               progress_name="eval sampled")
         table["sampled"] = {"temperature": cfg.sampled_temperature, **success_table(sampled)}
     return table, trajectories

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Sequence, Union
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from svrl_core.io import local_directory
 from svrl_core.policies.tokenizer import ActionTokenizer
 
 STATE_EPS = 1e-6
+RandomStreams = Union[torch.Generator, Sequence[torch.Generator], None]  # one stream, one per row, or torch's
 
 
 class CheckpointError(ValueError):
@@ -37,14 +38,22 @@ def token_log_probs(logits: torch.Tensor, bins: torch.Tensor, temperature: float
     return chosen, entropy
 
 
-def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_categorical(probs: torch.Tensor, generator: RandomStreams = None) -> torch.Tensor:
     """One draw per row of (..., n) probabilities -> (...) int64, by inverting the row's CDF.
 
     One uniform number per draw: over 10x faster than torch.multinomial on rollout batches
-    (thousands of 256-bin rows), where sampling was the largest part of inference.
+    (thousands of 256-bin rows), where sampling was the largest part of inference. `generator`
+    is one stream for the whole batch, or one per leading row (B): then a row's draws do not
+    depend on which other rows share its batch (an episode's own stream).
     """
     cdf = probs.cumsum(-1)  # (..., n)
-    u = torch.rand(probs.shape[:-1] + (1,), generator=generator, dtype=cdf.dtype, device=cdf.device)  # (..., 1)
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != len(probs):
+            raise ValueError(f"{len(generator)} random streams for {len(probs)} rows")
+        u = torch.stack([torch.rand(probs.shape[1:-1] + (1,), generator=g, dtype=cdf.dtype) for g in generator])
+        u = u.to(cdf.device)  # (B, ..., 1)
+    else:
+        u = torch.rand(probs.shape[:-1] + (1,), generator=generator, dtype=cdf.dtype, device=cdf.device)  # (..., 1)
     u = u * cdf[..., -1:]  # scaled to the row's total, which rounding keeps from being exactly 1
     # the first bin whose CDF exceeds u: bins of zero probability are never picked
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(probs.shape[-1] - 1)
@@ -139,8 +148,9 @@ class VLAPolicy:
 
     @torch.no_grad()
     def sample(self, inputs: PolicyInputs, temperature: float,
-               generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample bins at `temperature` -> (bins, log_probs), both (B, K, D)."""
+               generator: RandomStreams = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample bins at `temperature` -> (bins, log_probs), both (B, K, D); `generator`: one stream, or
+        one per row (see `sample_categorical`)."""
         log_dist = F.log_softmax(self.model(inputs) / temperature, dim=-1)  # (B, T, n_bins)
         bins = sample_categorical(log_dist.exp(), generator)  # (B, T)
         return self._chunk(bins), self._chunk(log_dist.gather(-1, bins.unsqueeze(-1)).squeeze(-1))

@@ -23,6 +23,7 @@ from distributed import Client
 from svrl_core.config import ComputeConfig, EnvConfig
 from svrl_core.envs import Obs, StepResult
 from svrl_core.rollout.pool import EnvGroup, EpisodeRequest
+from svrl_core.training.ranks import Ranks
 
 logger = logging.getLogger("svrl")
 WORKER_WAIT_S = 60  # a lost worker's replacement (a restarted process, or another worker) must appear by then
@@ -52,13 +53,16 @@ class DaskEnvPool:
     """Slots are spread over workers; each call fans out to the workers involved, in parallel.
 
     `group_cls(env_cfg, envs_per_worker, *group_args)` builds one worker's envs (EnvGroup, or a
-    subclass such as the fault-injecting one in rollout/faults.py)."""
+    subclass such as the fault-injecting one in rollout/faults.py). On a cluster shared by the ranks
+    of a multi-rank run, each rank's pool takes every `ranks.world`-th worker, from its rank on."""
 
     def __init__(self, client: Client, env_cfg: EnvConfig, compute: ComputeConfig,
-                 group_cls: type[EnvGroup] = EnvGroup, group_args: tuple = ()):
-        workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+                 group_cls: type[EnvGroup] = EnvGroup, group_args: tuple = (), ranks: Ranks = Ranks()):
+        everyone = sorted(client.scheduler_info(n_workers=-1)["workers"])
+        workers = everyone[ranks.rank::ranks.world]
         if not workers:
-            raise RuntimeError("DaskEnvPool: the Dask cluster has no workers")
+            raise RuntimeError(f"DaskEnvPool: the Dask cluster has {len(everyone)} workers, none left for rank "
+                               f"{ranks.rank} of {ranks.world}: start at least one worker per rank")
         self.client, self.env_cfg, self.compute = client, env_cfg, compute
         self.group_cls, self.group_args = group_cls, group_args
         self.envs_per_worker, self.pipeline_stages = compute.envs_per_worker, compute.pipeline_stages

@@ -61,9 +61,14 @@ def _reset_all(pool: EnvPool, slot_of: dict[int, int], requests: list[EpisodeReq
     return observations
 
 
+def episode_stream(seed: int, stream: int) -> torch.Generator:
+    """The sampling stream of one episode: fixed by (seed, stream), whatever batch or process runs it."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence([seed, stream]).generate_state(1)[0]))
+
+
 def run_episodes(policy: VLAPolicy, pool: EnvPool, requests: list[EpisodeRequest], temperature: float | None,
-                 generator: torch.Generator | None = None, stats: RolloutStats | None = None,
-                 progress_name: str | None = None) -> list[Trajectory]:
+                 seed: int = 0, stats: RolloutStats | None = None, progress_name: str | None = None,
+                 streams: list[int] | None = None) -> list[Trajectory]:
     """Run every request to its end; greedy when `temperature` is None, else sampled.
 
     Every live env is queried in one batch per step; an env whose episode ends takes the next
@@ -71,11 +76,17 @@ def run_episodes(policy: VLAPolicy, pool: EnvPool, requests: list[EpisodeRequest
     lost (pool answered None) is re-run from its initial state: every request yields exactly
     one complete trajectory.
 
+    Each episode samples from its own stream, `episode_stream(seed, streams[i])` (default: its
+    index i), so an episode's actions do not depend on the pool size, the batch it shares, the
+    pipeline stage or the rank that runs it.
+
     With `pool.pipeline_stages` = S > 1 the envs and requests are split into S interleaved
-    stages, each run by its own thread with its own sampling generator (seeded from
-    `generator`): while one stage's envs step, another stage's batch is on the model.
+    stages, each run by its own thread: while one stage's envs step, another stage's batch is
+    on the model.
     """
     stats = stats if stats is not None else RolloutStats()
+    streams = list(range(len(requests))) if streams is None else streams
+    episodes = [Episode(request, seed, stream) for request, stream in zip(requests, streams, strict=True)]
     n_stages = max(1, min(pool.pipeline_stages, pool.capacity, len(requests)))
     progress = Progress(progress_name, len(requests), "episodes") if progress_name else None
     finished, lock = [0], threading.Lock()
@@ -88,14 +99,11 @@ def run_episodes(policy: VLAPolicy, pool: EnvPool, requests: list[EpisodeRequest
 
     slots = list(range(min(pool.capacity, len(requests))))
     if n_stages == 1:
-        return _run_stage(policy, pool, requests, slots, temperature, generator, stats, episode_done)
-    generators = [None if generator is None else
-                  torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
-                  for _ in range(n_stages)]
+        return _run_stage(policy, pool, episodes, slots, temperature, stats, episode_done)
     stage_stats = [RolloutStats() for _ in range(n_stages)]
     with ThreadPoolExecutor(n_stages, thread_name_prefix="rollout-stage") as threads:
-        runs = [threads.submit(_run_stage, policy, pool, requests[s::n_stages], slots[s::n_stages], temperature,
-                               generators[s], stage_stats[s], episode_done) for s in range(n_stages)]
+        runs = [threads.submit(_run_stage, policy, pool, episodes[s::n_stages], slots[s::n_stages], temperature,
+                               stage_stats[s], episode_done) for s in range(n_stages)]
         parts = [run.result() for run in runs]
     for part in stage_stats:
         for name in vars(stats):
@@ -106,11 +114,24 @@ def run_episodes(policy: VLAPolicy, pool: EnvPool, requests: list[EpisodeRequest
     return trajectories
 
 
-def _run_stage(policy: VLAPolicy, pool: EnvPool, requests: list[EpisodeRequest], slots: list[int],
-               temperature: float | None, generator: torch.Generator | None, stats: RolloutStats,
-               episode_done: Callable[[], None]) -> list[Trajectory]:
-    """The closed loop over `requests` on the env `slots` given to it."""
-    trajectories = [Trajectory(r) for r in requests]
+@dataclass
+class Episode:
+    """A request and its random stream, which restarts with the episode."""
+
+    request: EpisodeRequest
+    seed: int
+    stream: int
+
+    def start(self) -> tuple[Trajectory, torch.Generator]:
+        return Trajectory(self.request), episode_stream(self.seed, self.stream)
+
+
+def _run_stage(policy: VLAPolicy, pool: EnvPool, episodes: list[Episode], slots: list[int],
+               temperature: float | None, stats: RolloutStats, episode_done: Callable[[], None]) -> list[Trajectory]:
+    """The closed loop over `episodes` on the env `slots` given to it."""
+    requests = [e.request for e in episodes]
+    started = [e.start() for e in episodes]
+    trajectories, generators = [t for t, _ in started], [g for _, g in started]
     pending = deque(range(len(requests)))
     free_slots = slots[::-1]
     live: dict[int, int] = {}  # trajectory index -> env slot
@@ -128,7 +149,7 @@ def _run_stage(policy: VLAPolicy, pool: EnvPool, requests: list[EpisodeRequest],
         if temperature is None:
             bins = policy.greedy(inputs)
         else:
-            bins, _ = policy.sample(inputs, temperature, generator)
+            bins, _ = policy.sample(inputs, temperature, [generators[i] for i in ids])
         bins = bins.numpy()  # (B, K, D)
         actions = policy.bins_to_actions(bins, np.stack([obs[i].proprio for i in ids]))
         stepped = time.monotonic()
@@ -137,9 +158,9 @@ def _run_stage(policy: VLAPolicy, pool: EnvPool, requests: list[EpisodeRequest],
         stats.env_time_s += time.monotonic() - stepped
         to_start = []
         for i, chunk, result in zip(ids, bins, results):
-            if result is None:  # env lost: run the episode again from its start, on the same slot
+            if result is None:  # env lost: run the episode again from its start (and stream), on the same slot
                 stats.restarted_episodes += 1
-                trajectories[i] = Trajectory(requests[i])
+                trajectories[i], generators[i] = episodes[i].start()
                 to_start.append(i)
                 continue
             traj = trajectories[i]

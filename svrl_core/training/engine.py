@@ -32,7 +32,19 @@ def launcher_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def init_single_process() -> None:
+def under_launcher() -> bool:
+    """True in a rank of a multi-rank launch (torchrun, deepspeed), which set the world for us."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def bind_local_device() -> None:
+    """Put this rank on its own GPU (LOCAL_RANK) before any model or NCCL call touches "cuda":
+    without it every rank of a node would load its model onto GPU 0."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+
+
+def init_process_group() -> None:
     """Join the launcher's process group, or form a world of one when no launcher set one up."""
     import torch.distributed as dist
 
@@ -41,11 +53,18 @@ def init_single_process() -> None:
     for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    bind_local_device()
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
 
 
+def zero_stage(overrides: dict | None) -> int:
+    """The ZeRO stage an engine config (or the default, 0) asks for."""
+    return int((overrides or {}).get("zero_optimization", {}).get("stage", 0))
+
+
 class DeepSpeedTrainer:
-    """forward / backward_step through `deepspeed.initialize` (AdamW; ZeRO 0 and fp32 unless overridden).
+    """forward, then accumulate and step (or backward_step), through `deepspeed.initialize` (AdamW; ZeRO 0
+    and fp32 unless overridden).
 
     `overrides` (e.g. infra/deepspeed/zero3_bf16.json) is merged into the engine config. ZeRO-3
     partitions the parameters it trains, so it trains a copy of `model` and writes the full
@@ -59,7 +78,7 @@ class DeepSpeedTrainer:
 
         logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
         deepspeed.utils.logger.setLevel(logging.WARNING)
-        init_single_process()
+        init_process_group()
         config = {  # `batch_size` per process: data parallel over the launcher's ranks
             "train_batch_size": batch_size * torch.distributed.get_world_size(),
             "train_micro_batch_size_per_gpu": batch_size,
@@ -69,7 +88,7 @@ class DeepSpeedTrainer:
             "wall_clock_breakdown": False,
             **(overrides or {}),
         }
-        self.zero_stage = int(config["zero_optimization"].get("stage", 0))
+        self.zero_stage = zero_stage(config)
         trained = copy.deepcopy(model) if self.zero_stage == 3 else model
         optimizer = torch.optim.AdamW(trained.parameters(), lr=lr, weight_decay=weight_decay)
         self.engine, self.optimizer, _, _ = deepspeed.initialize(model=trained, optimizer=optimizer, config=config)
@@ -81,7 +100,18 @@ class DeepSpeedTrainer:
 
     def backward_step(self, loss: torch.Tensor) -> float:
         """Backpropagate, clip (inside DeepSpeed) and step; returns the pre-clip grad norm."""
-        self.engine.backward(loss)
+        self.accumulate(loss, boundary=True)
+        return self.step()
+
+    def accumulate(self, loss: torch.Tensor, boundary: bool) -> None:
+        """Backpropagate one micro-batch's part of a step's loss (unscaled: the parts must add up to the
+        step's loss). Gradients add up locally until the boundary, the step's last micro-batch, whose
+        backward averages them over ranks. Every rank must call this equally often per step."""
+        self.engine.set_gradient_accumulation_boundary(boundary)
+        self.engine.backward(loss, scale_wrt_gas=False)
+
+    def step(self) -> float:
+        """Clip (inside DeepSpeed) and apply the accumulated gradients; returns their pre-clip norm."""
         grads = [p.grad for p in self.module.parameters() if p.grad is not None]
         grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else None
         self.engine.step()
