@@ -8,7 +8,11 @@
   instructions -> prepare (tokenize, stack) -> forward -> sample at T = 1.6 on the CPU.
   Printed as a fraction of the raw forward at the same batch (goal: >= 0.8 at batch 32+);
 - update: one GRPO mini-batch (forward + backward + AdamW step) with full fine-tuning and
-  with LoRA, sequences/s and peak device memory, gradient checkpointing on.
+  with LoRA, sequences/s and peak device memory, gradient checkpointing on. With
+  `--micro-batch M` the batch goes through in micro-batches of M sequences (gradients
+  accumulated, one step), as `rl.micro_batch_chunks` does: then `--update-batch` can be a slice
+  of a real mini-batch (e.g. 4 of its 128 trajectories x 35 chunks = 140 sequences), and the
+  time of the whole one is extrapolated (`--mini-batch-sequences`).
 The LIBERO setting: one 224 px third-person camera, no proprio, K = 8, D = 7.
 """
 
@@ -97,7 +101,8 @@ def inference(policy: OpenVLAOFTPolicy, batches: list[int], device: str, repeats
         print(f"{batch:>6} {raw:>13.1f} {rollout:>17.1f} {rollout / raw:>9.2f}")
 
 
-def update(policy: OpenVLAOFTPolicy, batch: int, device: str, repeats: int, label: str) -> None:
+def update(policy: OpenVLAOFTPolicy, batch: int, device: str, repeats: int, label: str, micro_batch: int | None = None,
+           mini_batch_sequences: int | None = None) -> None:
     now = synced(device)
     policy.model.train()
     params = [p for p in policy.model.parameters() if p.requires_grad]
@@ -109,10 +114,12 @@ def update(policy: OpenVLAOFTPolicy, batch: int, device: str, repeats: int, labe
     advantages = torch.from_numpy(rng.standard_normal(batch)).float()
 
     def step() -> None:
-        log_probs, _ = token_log_probs(policy.model(inputs), bins, 1.6)  # (B, 56)
-        loss = -(F.softplus(log_probs) * advantages[:, None]).mean()  # any differentiable objective of the same cost
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        for rows in torch.arange(batch).split(micro_batch or batch):  # gradients add up over micro-batches
+            log_probs, _ = token_log_probs(policy.model(inputs.select(rows)), bins[rows], 1.6)  # (M, 56)
+            # any differentiable objective of the same cost, weighted as a share of the whole batch
+            loss = -(F.softplus(log_probs) * advantages[rows, None]).sum() / (batch * 56)
+            loss.backward()
         optimizer.step()
 
     if device == "cuda":
@@ -120,8 +127,12 @@ def update(policy: OpenVLAOFTPolicy, batch: int, device: str, repeats: int, labe
     per_s = rate(step, batch, now, repeats)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
     trained = sum(p.numel() for p in params)
-    print(f"update {label:>5}: {per_s:6.2f} sequences/s at batch {batch}, peak {peak:.1f} GiB, {trained / 1e6:.1f}M "
-          "trained parameters")
+    micro = f" in micro-batches of {micro_batch}" if micro_batch else ""
+    print(f"update {label:>5}: {per_s:6.2f} sequences/s at batch {batch}{micro}, peak {peak:.1f} GiB, "
+          f"{trained / 1e6:.1f}M trained parameters")
+    if mini_batch_sequences:
+        print(f"  a mini-batch of {mini_batch_sequences} sequences at that rate: {mini_batch_sequences / per_s:.0f} s "
+              f"on one device")
     policy.model.eval()
 
 
@@ -131,6 +142,8 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 32, 64])
     parser.add_argument("--update-batch", type=int, default=16)
+    parser.add_argument("--micro-batch", type=int, help="sequences per forward/backward in the update")
+    parser.add_argument("--mini-batch-sequences", type=int, help="extrapolate the update to a mini-batch this size")
     parser.add_argument("--lora-rank", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip", nargs="*", default=[], choices=["inference", "full", "lora"])
@@ -144,7 +157,8 @@ def main() -> None:
         inference(policy, args.batches, args.device, args.repeats)
     policy.model.gradient_checkpointing_enable()
     if "full" not in args.skip:
-        update(policy, args.update_batch, args.device, args.repeats, "full")
+        update(policy, args.update_batch, args.device, args.repeats, "full", args.micro_batch,
+               args.mini_batch_sequences)
     if "lora" not in args.skip:
         del policy
         if args.device == "cuda":
@@ -152,7 +166,8 @@ def main() -> None:
         policy = build(args.layout, args.device, dtype)
         add_lora(policy.model, args.lora_rank, args.lora_rank / 2)
         policy.model.to(args.device, dtype).gradient_checkpointing_enable()
-        update(policy, args.update_batch * 2, args.device, args.repeats, "lora")
+        update(policy, args.update_batch * 2, args.device, args.repeats, "lora", args.micro_batch,
+               args.mini_batch_sequences)
 
 
 if __name__ == "__main__":

@@ -86,9 +86,9 @@ def _with_deadline(start: Callable[[], T], timeout_s: float, what: str) -> T:
 
 @contextmanager
 def env_pool(env_cfg: EnvConfig, compute: ComputeConfig, ranks: Ranks = Ranks()) -> Iterator[DaskEnvPool]:
-    """Persistent envs on every Dask worker (of this rank's share), closed afterwards."""
+    """Persistent envs on every Dask worker (a shared scheduler's: this rank's share), closed afterwards."""
     with dask_client(compute, ranks) as client:
-        pool = DaskEnvPool(client, env_cfg, compute, ranks=ranks)
+        pool = DaskEnvPool(client, env_cfg, compute, ranks=ranks if compute.scheduler_address else Ranks())
         try:
             yield pool
         finally:

@@ -10,8 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from safetensors.numpy import load_file
 
 from svrl_core.config import Params, parse_params
 from tests.conftest import TINY, free_port
@@ -169,8 +171,9 @@ def test_truncated_checkpoint_stops_evaluation_with_one_clear_line(project, tmp_
 RL_ITERATIONS = 10  # the kill lands after the first checkpoint (iteration 1 or 2), so 10 leave most to resume
 
 
-def rl_params_file(project: Path, out: Path) -> Path:
+def rl_params_file(project: Path, out: Path, ranks: int = 1) -> Path:
     params = tiny_params_yaml()
+    params["compute"]["ranks"] = ranks
     params["paths"].update(sft_model=str(project / "models/sft"), rl_model=str(out / "rl"),
                            rl_state=str(out / "state"), metrics=str(out / "metrics"), plots=str(out / "plots"))
     params["rl"].update(iterations=RL_ITERATIONS, checkpoint_every=1, max_idle_iterations=RL_ITERATIONS)
@@ -184,30 +187,48 @@ def without_timings(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in row.items() if not k.endswith(("_time_s", "_per_s"))} for row in history]
 
 
-def test_rl_stage_killed_mid_run_resumes_to_the_same_result(project, tmp_path):
+def test_a_killed_rank_fails_the_two_rank_rl_stage_and_a_rerun_ends_as_one_rank_does(project, tmp_path):
+    """kill -9 of rank 1 mid-run stops the stage with one line; the rerun resumes (still on 2 ranks) and ends
+    where an uninterrupted 1-rank run ends."""
     import signal
     import time
 
-    killed = rl_params_file(project, tmp_path / "killed")
+    import psutil
+
+    killed = rl_params_file(project, tmp_path / "killed", ranks=2)
     env = {**child_environ(), "PYTHONPATH": str(project), "PREFECT_HOME": str(project / ".prefect")}
     process = subprocess.Popen([sys.executable, "-m", "flows.rl", "--params", str(killed)], cwd=project, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     state = tmp_path / "killed/state/state.json"
     deadline = time.monotonic() + 300
     while not state.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)  # the stage and its Dask workers, mid-run
-    process.wait()
+    rank_one = [p for p in psutil.Process(process.pid).children(recursive=True)
+                if "flows.rl" in " ".join(p.cmdline()) and p.environ().get("RANK") == "1"]
+    assert len(rank_one) == 1, "the stage relaunched itself on 2 ranks"
+    rank_one[0].send_signal(signal.SIGKILL)  # one rank, mid-run
+    stderr = process.communicate(timeout=300)[1]
+    assert process.returncode == 2, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1] == ("error: the rl stage failed: rank 1 of 2 ended (killed by SIGKILL), "
+                                               "so torchrun stopped every rank; fix the cause, then rerun it to "
+                                               "resume from its last saved iteration")
     done_before_kill = len(json.loads(state.read_text())["history"])
     assert 0 < done_before_kill < RL_ITERATIONS and not (tmp_path / "killed/rl").exists()
 
-    run([sys.executable, "-m", "flows.rl", "--params", str(killed)], project)
-    clean = rl_params_file(project, tmp_path / "clean")
+    resumed = run([sys.executable, "-m", "flows.rl", "--params", str(killed)], project)
+    assert f"rl: resuming after iteration {done_before_kill}" in resumed.stderr
+    clean = rl_params_file(project, tmp_path / "clean", ranks=1)
     run([sys.executable, "-m", "flows.rl", "--params", str(clean)], project)
     resumed_history = json.loads((tmp_path / "killed/plots/rl_history.json").read_text())
     clean_history = json.loads((tmp_path / "clean/plots/rl_history.json").read_text())
-    assert len(resumed_history) == RL_ITERATIONS and without_timings(resumed_history) == without_timings(clean_history)
-    assert (tmp_path / "killed/rl/model.safetensors").read_bytes() == (tmp_path / "clean/rl/model.safetensors").read_bytes()
+    assert len(resumed_history) == RL_ITERATIONS and any("loss" in row for row in clean_history)
+    for resumed_row, clean_row in zip(without_timings(resumed_history), without_timings(clean_history), strict=True):
+        assert resumed_row.keys() == clean_row.keys()
+        for key, value in clean_row.items():
+            assert resumed_row[key] == (pytest.approx(value, rel=1e-4, abs=1e-6) if isinstance(value, float) else value)
+    for name, value in load_file(str(tmp_path / "clean/rl/model.safetensors")).items():
+        np.testing.assert_allclose(load_file(str(tmp_path / "killed/rl/model.safetensors"))[name], value,
+                                   rtol=1e-4, atol=1e-4, err_msg=name)
     # finished: the state is gone, so a rerun with changed code cannot reload the finished run
     assert not (tmp_path / "killed/state").exists() and not (tmp_path / "clean/state").exists()
 
