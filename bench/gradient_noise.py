@@ -20,7 +20,7 @@ import torch
 
 from svrl_core.algos.grpo import AGGREGATIONS, keep_mixed_groups
 from svrl_core.algos.gradient_noise import NoiseScale, group_gradients, noise_scale, parameter_slices
-from svrl_core.algos.grpo_trainer import episode_streams, prompt_sampler
+from svrl_core.algos.grpo_batch import episode_streams, prompt_sampler
 from svrl_core.config import load_params
 from svrl_core.policies import load_policy
 from svrl_core.rollout import RolloutStats, run_episodes

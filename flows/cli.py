@@ -64,12 +64,12 @@ def run_stage(flow: Callable[..., object], replica: Callable[..., None] | None =
     rank = launcher_rank()
     if rank > 0 and replica is None:
         sys.exit(f"error: the {flow.name} stage runs in one process; only sft and rl run under a multi-rank launcher")
+    if rank == 0:
+        check_prefect_api()
     try:
         params = load_params(args.params)  # fail fast, before any Prefect server is involved
         if replica is not None and not under_launcher() and params.compute.rank_count() > 1:
             return run_on_ranks(flow.name, args.params, params.compute.rank_count())
-        if rank == 0:
-            check_prefect_api()
         bind_local_device()  # before any model is built
         torch.set_num_threads(params.compute.torch_threads)
         (flow if rank == 0 else replica)(params_path=args.params)

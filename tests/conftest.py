@@ -85,3 +85,12 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def assert_weights_close(actual: dict, expected: dict, lr: float) -> None:
+    """Weights trained the same way in another summation order (ranks, micro-batches): almost every value
+    within 1e-6, and none more than a tenth of a step (lr): Adam's step is about lr per value whatever the
+    gradient's size, so rounding in a near-zero gradient can move that one value by a fraction of it."""
+    diffs = np.concatenate([np.abs(actual[name] - value).ravel() for name, value in expected.items()])
+    assert diffs.max() <= 0.1 * lr, f"a weight differs by {diffs.max():.3g}"
+    assert (diffs > 1e-6).mean() < 1e-3, f"{(diffs > 1e-6).mean():.2%} of the weights differ by more than 1e-6"

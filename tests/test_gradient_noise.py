@@ -2,10 +2,9 @@ import dataclasses
 
 import numpy as np
 import pytest
-import torch
 
 from svrl_core.algos.gradient_noise import group_gradients, noise_scale, parameter_slices
-from svrl_core.algos.grpo_trainer import PromptSampler, collect_mixed_groups
+from svrl_core.algos.grpo_batch import PromptSampler, collect_mixed_groups
 from svrl_core.rollout import LocalEnvPool, RolloutStats
 
 

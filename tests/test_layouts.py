@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from svrl_core.algos.grpo_trainer import PromptSampler
+from svrl_core.algos.grpo_batch import PromptSampler
 from svrl_core.config import ConfigError, EvalConfig, parse_params
 from svrl_core.evaluation.evaluate import evaluation_requests
 from svrl_core.experts.layouts import SolvableLayouts, consecutive

@@ -10,7 +10,8 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 
 from svrl_core.algos.grpo import aggregate_tokens, sequence_token_weights
-from svrl_core.algos.grpo_trainer import KeptBatch, PromptSampler, grpo_update
+from svrl_core.algos.grpo_batch import KeptBatch, PromptSampler
+from svrl_core.algos.grpo_trainer import grpo_update
 from svrl_core.algos.sft import sft_step
 from svrl_core.data import iterate_chunk_batches
 from svrl_core.policies import new_policy

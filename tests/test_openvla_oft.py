@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from svrl_core.algos.grpo_trainer import PromptSampler, collect_mixed_groups, grpo_update
+from svrl_core.algos.grpo_batch import PromptSampler, collect_mixed_groups
+from svrl_core.algos.grpo_trainer import grpo_update
 from svrl_core.algos.sft import train_sft
 from svrl_core.envs.toy import ToyReachEnv
 from svrl_core.export import BundlePolicy, export_bundle

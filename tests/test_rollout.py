@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-import torch
 
 from svrl_core.rollout import EpisodeRequest, LocalEnvPool, run_episodes
 from svrl_core.rollout.faults import SCENARIOS, Fault

@@ -1,13 +1,15 @@
 import copy
 import io
 import logging
+from types import SimpleNamespace
 
 import pytest
 
 import numpy as np
 import torch
 
-from svrl_core.algos.grpo_trainer import PromptSampler, collect_mixed_groups, grpo_update, train_grpo
+from svrl_core.algos.grpo_batch import PromptSampler, collect_mixed_groups
+from svrl_core.algos.grpo_trainer import grpo_update, train_grpo
 from svrl_core.algos.sft import StateNoise, scheduled_lr, sft_loss, train_sft
 from svrl_core.data import iterate_chunk_batches
 from svrl_core.policies import ActionTokenizer, new_policy
@@ -16,6 +18,7 @@ from svrl_core.training import DeepSpeedTrainer
 from svrl_core.training.checkpoint import zero_state_types
 
 ZERO3 = {"zero_optimization": {"stage": 3}}
+NO_POLICY = SimpleNamespace(action_dim=2)  # scripted rollouts (scripted_batches) need no network
 
 
 def test_sft_loss_ignores_padded_tokens():
@@ -207,7 +210,7 @@ def test_state_of_another_run_is_not_resumed(tiny_params, tiny_dataset, tmp_path
 
 def scripted_batches(monkeypatch, outcomes_per_call):
     """Make rollouts return the given successes, batch after batch."""
-    from svrl_core.algos import grpo_trainer
+    from svrl_core.algos import grpo_batch
     from svrl_core.rollout import Trajectory
 
     calls = iter(outcomes_per_call)
@@ -217,7 +220,7 @@ def scripted_batches(monkeypatch, outcomes_per_call):
         assert len(outcomes) == len(requests)
         return [Trajectory(r, success=bool(s)) for r, s in zip(requests, outcomes)]
 
-    monkeypatch.setattr(grpo_trainer, "run_episodes", fake_run_episodes)
+    monkeypatch.setattr(grpo_batch, "run_episodes", fake_run_episodes)
 
 
 def test_refills_until_enough_mixed_groups(monkeypatch, tiny_params):
@@ -225,7 +228,7 @@ def test_refills_until_enough_mixed_groups(monkeypatch, tiny_params):
                                             "max_refills": 5, "mini_batch_trajectories": 2})
     scripted_batches(monkeypatch, [[1, 0, 1, 1], [0, 0, 0, 0], [1, 0, 0, 1], [1, 1, 1, 1]])
     sampler = PromptSampler(["red"], 0)
-    kept, info = collect_mixed_groups(None, None, sampler, cfg, RolloutStats())
+    kept, info = collect_mixed_groups(NO_POLICY, None, sampler, cfg, RolloutStats())
     assert [t.request.group for t in kept.trajectories] == [0, 0, 4, 4, 5, 5]
     assert info == {"success_rate": 5 / 12, "kept_group_fraction": 3 / 6, "refills": 2, "episodes": 12}
     assert sampler.cursor == 6
@@ -235,7 +238,7 @@ def test_refills_stop_at_the_cap(monkeypatch, tiny_params):
     cfg = tiny_params.rl.model_copy(update={"prompts_per_batch": 2, "group_size": 2, "min_valid_groups": 3,
                                             "max_refills": 1, "mini_batch_trajectories": 2})
     scripted_batches(monkeypatch, [[1, 0, 1, 1], [0, 0, 0, 0]])
-    kept, info = collect_mixed_groups(None, None, PromptSampler(["red"], 0), cfg, RolloutStats())
+    kept, info = collect_mixed_groups(NO_POLICY, None, PromptSampler(["red"], 0), cfg, RolloutStats())
     assert len(kept) == 2 and info["refills"] == 1
 
 
@@ -244,7 +247,7 @@ def test_without_dynamic_sampling_every_group_trains(monkeypatch, tiny_params):
                                             "max_refills": 5, "mini_batch_trajectories": 2,
                                             "dynamic_sampling": False})
     scripted_batches(monkeypatch, [[1, 0, 1, 1]])
-    kept, info = collect_mixed_groups(None, None, PromptSampler(["red"], 0), cfg, RolloutStats())
+    kept, info = collect_mixed_groups(NO_POLICY, None, PromptSampler(["red"], 0), cfg, RolloutStats())
     assert len(kept) == 4 and info["refills"] == 0 and info["kept_group_fraction"] == 0.5
 
 
@@ -256,12 +259,12 @@ def fixed_batch(tiny_params, **changes):
 def test_fixed_batch_refills_until_reached_and_drops_the_surplus(monkeypatch, tiny_params):
     # batch 1 keeps group 0; batch 2 none; batch 3 keeps groups 4 and 5 (three reached: stop)
     scripted_batches(monkeypatch, [[1, 0, 1, 1], [0, 0, 0, 0], [1, 0, 0, 1]])
-    kept, info = collect_mixed_groups(None, None, PromptSampler(["red"], 0), fixed_batch(tiny_params),
+    kept, info = collect_mixed_groups(NO_POLICY, None, PromptSampler(["red"], 0), fixed_batch(tiny_params),
                                       RolloutStats())
     assert [t.request.group for t in kept.trajectories] == [0, 0, 4, 4, 5, 5]
     assert info["trained_groups"] == 3 and info["dropped_groups"] == 0 and info["episodes"] == 12
     scripted_batches(monkeypatch, [[1, 0, 0, 1], [1, 0, 1, 0]])  # four kept groups: the fourth is dropped
-    kept, info = collect_mixed_groups(None, None, PromptSampler(["red"], 0), fixed_batch(tiny_params),
+    kept, info = collect_mixed_groups(NO_POLICY, None, PromptSampler(["red"], 0), fixed_batch(tiny_params),
                                       RolloutStats())
     assert [t.request.group for t in kept.trajectories] == [0, 0, 1, 1, 2, 2] and info["dropped_groups"] == 1
 
@@ -269,7 +272,7 @@ def test_fixed_batch_refills_until_reached_and_drops_the_surplus(monkeypatch, ti
 def test_fixed_batch_skips_a_short_batch_and_says_why(monkeypatch, tiny_params, caplog):
     scripted_batches(monkeypatch, [[1, 0, 1, 1], [0, 0, 0, 0]])  # 8 trajectories = max_rollouts, one group kept
     with caplog.at_level(logging.WARNING, logger="svrl"):
-        kept, info = collect_mixed_groups(None, None, PromptSampler(["red"], 0),
+        kept, info = collect_mixed_groups(NO_POLICY, None, PromptSampler(["red"], 0),
                                           fixed_batch(tiny_params, max_rollouts=8), RolloutStats())
     assert len(kept) == 0 and info["short_batch"] and info["trained_groups"] == 0 and info["episodes"] == 8
     assert "only 1 of rl.train_groups=3 kept groups within rl.max_rollouts=8" in caplog.text
