@@ -24,7 +24,6 @@ from svrl_core.training.engine import init_process_group, zero_stage
 from svrl_core.training.ranks import Ranks
 
 logger = logging.getLogger("svrl")
-INFERENCE_BATCH = 512
 
 
 @dataclass
@@ -63,14 +62,14 @@ class QueryBatch:
         return self.per_trajectory(log_probs, n_chunks), entropy
 
 
-def old_log_probs(policy: VLAPolicy, queries: QueryBatch, temperature: float,
-                  batch: int = INFERENCE_BATCH) -> torch.Tensor:
-    """(Q, K * D) log-probs of the sampled bins under the current policy, recomputed after rollout."""
+def old_log_probs(policy: VLAPolicy, queries: QueryBatch, temperature: float, batch: int) -> torch.Tensor:
+    """(Q, K * D) log-probs of the sampled bins under the current policy, recomputed after rollout,
+    `batch` queries per forward."""
     with torch.no_grad():
         parts = []
         for rows in torch.arange(len(queries.bins)).split(batch):
             parts.append(token_log_probs(policy.model(queries.inputs.select(rows)), queries.bins[rows], temperature)[0])
-        return torch.cat(parts) if parts else queries.bins.new_zeros(queries.bins.shape, dtype=torch.float32)
+        return torch.cat(parts)
 
 
 @dataclass
