@@ -208,7 +208,7 @@ class SftConfig(Section):
     """Supervised fine-tuning on the demonstrations."""
 
     steps: int = Field(400, ge=1, le=10_000_000)
-    batch_size: int = Field(64, ge=1, le=65_536, description="demo chunks per step and rank")
+    batch_size: int = Field(64, ge=1, le=65_536, description="demo chunks per step, split over the ranks")
     micro_batch_size: int | None = Field(None, ge=1, le=65_536, description="chunks per forward/backward, "
                                          "gradients accumulated to the batch's; None: the whole batch at once")
     lr: float = Field(1e-3, gt=0.0, le=1.0)

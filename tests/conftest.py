@@ -88,9 +88,9 @@ def free_port() -> int:
 
 
 def assert_weights_close(actual: dict, expected: dict, lr: float) -> None:
-    """Weights trained the same way in another summation order (ranks, micro-batches): almost every value
+    """Weights trained the same way in another summation order (ranks, micro-batches): 99% of the values
     within 1e-6, and none more than a tenth of a step (lr): Adam's step is about lr per value whatever the
     gradient's size, so rounding in a near-zero gradient can move that one value by a fraction of it."""
     diffs = np.concatenate([np.abs(actual[name] - value).ravel() for name, value in expected.items()])
     assert diffs.max() <= 0.1 * lr, f"a weight differs by {diffs.max():.3g}"
-    assert (diffs > 1e-6).mean() < 1e-3, f"{(diffs > 1e-6).mean():.2%} of the weights differ by more than 1e-6"
+    assert (diffs > 1e-6).mean() < 0.01, f"{(diffs > 1e-6).mean():.2%} of the weights differ by more than 1e-6"

@@ -24,7 +24,8 @@ def test_token_weights_give_each_aggregation():
     mask[2] = False  # a sequence without valid tokens counts for nothing
     for mode in ("seq-mean-token-mean", "token-mean"):
         weights = sequence_token_weights(mask.sum(1), mode)  # (N,)
-        torch.testing.assert_close((values * mask * weights[:, None].float()).sum(), aggregate_tokens(values, mask, mode))
+        weighted = (values * mask * weights[:, None].float()).sum()
+        torch.testing.assert_close(weighted, aggregate_tokens(values, mask, mode))
 
 
 @pytest.fixture(scope="module")

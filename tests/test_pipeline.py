@@ -351,7 +351,8 @@ def test_stages_write_outputs_straight_to_s3(project, s3_endpoint, tmp_path, mon
 
 
 def test_sft_runs_data_parallel_under_torchrun(project, tmp_path):
-    """Two ranks train in sync through DeepSpeed (gloo); rank 0 alone writes the outputs."""
+    """Two ranks train in sync through DeepSpeed (gloo), each on half of every batch, as one rank trains;
+    rank 0 alone writes the outputs."""
     from flows.sft import weight_checksum
     from svrl_core.policies import VLAPolicy
 
@@ -367,5 +368,8 @@ def test_sft_runs_data_parallel_under_torchrun(project, tmp_path):
     replica_sum = float(re.search(r"sft replica rank 1 finished; weight checksum (\S+)", logs).group(1))
     saved = VLAPolicy.load(tmp_path / "sft")
     assert abs(weight_checksum(saved) - replica_sum) < 1e-6
+    if (project / "models/sft").exists():  # the pipeline's one-rank SFT of the same params: the same training
+        assert_weights_close(load_file(str(tmp_path / "sft/model.safetensors")),
+                             load_file(str(project / "models/sft/model.safetensors")), params["sft"]["lr"])
     assert json.loads((tmp_path / "metrics/sft.json").read_text())["step"] == params["sft"]["steps"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics", "params.yaml", "plots", "sft"]

@@ -9,11 +9,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from svrl_core.config import SftConfig
+from svrl_core.config import ConfigError, SftConfig
 from svrl_core.data import DemoDataset, iterate_chunk_batches
 from svrl_core.policies import PolicyInputs, VLAPolicy
 from svrl_core.progress import Progress
 from svrl_core.training import DeepSpeedTrainer
+from svrl_core.training.ranks import Ranks
 
 
 def sft_loss(logits: torch.Tensor, target_bins: torch.Tensor, mask: torch.Tensor,
@@ -61,45 +62,62 @@ class StateNoise:
 
 
 def sft_step(trainer: DeepSpeedTrainer, inputs: PolicyInputs, targets: torch.Tensor, mask: torch.Tensor,
-             bin_centres: torch.Tensor, cfg: SftConfig) -> dict[str, float]:
-    """One optimizer step on a batch (B rows), in micro-batches of at most `cfg.micro_batch_size` rows. Each
-    micro-batch's token-mean loss is weighted by its share of the batch's real tokens, so the accumulated
-    gradient (and every metric) is the whole batch's."""
-    micro_batches = torch.arange(len(targets)).split(cfg.micro_batch_size or len(targets))
-    n_tokens = mask.sum().clamp(min=1)
+             bin_centres: torch.Tensor, cfg: SftConfig, batch_tokens: int | None = None,
+             ranks: Ranks = Ranks()) -> dict[str, float]:
+    """One optimizer step on this rank's rows (B) of a batch with `batch_tokens` real tokens on all ranks
+    (default: these rows'), in micro-batches of at most `cfg.micro_batch_size` rows. Each micro-batch's
+    token-mean loss is weighted by its share of the batch's real tokens, so the accumulated gradient (and
+    every metric) is the whole batch's."""
+    micro_batches = list(torch.arange(len(targets)).split(cfg.micro_batch_size or len(targets)))
+    n_micro = ranks.max(len(micro_batches))  # every rank backpropagates equally often (see grpo_trainer)
+    n_tokens = max(int(mask.sum()) if batch_tokens is None else batch_tokens, 1)
     totals: dict[str, float] = {}
-    for m, rows in enumerate(micro_batches):
-        share = mask[rows].sum() / n_tokens
-        loss, metrics = sft_loss(trainer.forward(inputs.select(rows)), targets[rows], mask[rows], bin_centres,
-                                 cfg.mean_l1_weight)
-        trainer.accumulate(loss * share, boundary=m == len(micro_batches) - 1)
-        for name, value in metrics.items():
-            totals[name] = totals.get(name, 0.0) + value * float(share)
-    totals["grad_norm"] = trainer.step()
-    return totals
+    for m in range(n_micro):
+        if m < len(micro_batches):
+            rows = micro_batches[m]
+            share = float(mask[rows].sum()) / n_tokens
+            loss, metrics = sft_loss(trainer.forward(inputs.select(rows)), targets[rows], mask[rows], bin_centres,
+                                     cfg.mean_l1_weight)
+            for name, value in metrics.items():
+                totals[name] = totals.get(name, 0.0) + value * share
+            loss = loss * share
+        else:
+            loss = trainer.forward(inputs.select(torch.tensor([0]))).sum() * 0.0
+        trainer.accumulate(loss * ranks.world, boundary=m == n_micro - 1)  # DeepSpeed averages over ranks
+    summed = dict(zip(totals, ranks.sum(torch.tensor(list(totals.values()), dtype=torch.float64)).tolist()))
+    return {**summed, "grad_norm": trainer.step()}
 
 
 def train_sft(policy: VLAPolicy, data: DemoDataset, instructions: list[str], cfg: SftConfig,
               engine_overrides: dict | None = None) -> list[dict]:
-    """Train `policy` in place; returns the logged metrics rows."""
+    """Train `policy` in place; returns the logged metrics rows. On several ranks every rank draws the same
+    batch of `cfg.batch_size` chunks and trains its share of the rows, so the result is one rank's."""
     torch.manual_seed(cfg.seed)
     trainer = DeepSpeedTrainer(policy.model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.batch_size,
                                engine_overrides)
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    rng = np.random.default_rng(cfg.seed if world == 1 else [cfg.seed, rank])  # each rank its own batches
-    batches = iterate_chunk_batches(data, instructions, policy.chunk_size, cfg.batch_size, rng)
+    ranks = Ranks.of_process_group()
+    batches = iterate_chunk_batches(data, instructions, policy.chunk_size, cfg.batch_size,
+                                    np.random.default_rng(cfg.seed))
     noisy_states = StateNoise(cfg.state_noise * np.asarray(data.stats["observation.state"]["std"]),
-                              np.random.default_rng([cfg.seed, rank, 1]))
+                              np.random.default_rng([cfg.seed, 0, 1]))
     bin_centres = torch.from_numpy(policy.actions.bin_centres).float()  # (n_bins,)
     progress, history, start = Progress("sft", cfg.steps, "steps"), [], time.monotonic()
     policy.model.train()
     for step in range(1, cfg.steps + 1):
         batch = next(batches)
         trainer.set_lr(scheduled_lr(cfg, step))
-        inputs = policy.prepare_arrays(batch.images, noisy_states(batch.states), batch.instructions)
-        targets = torch.from_numpy(policy.actions.encode(batch.actions, batch.states)).flatten(1)  # (B, K * D)
-        mask = torch.from_numpy(np.repeat(batch.action_mask, policy.action_dim, axis=1))  # (B, K * D)
-        metrics = sft_step(trainer, inputs, targets, mask, bin_centres, cfg)
+        rows = ranks.share(len(batch.states))  # this rank's rows of the batch
+        if not rows:
+            raise ConfigError(f"{len(batch.states)} demo chunks per batch for {ranks.world} ranks: raise "
+                              f"sft.batch_size (or record more demos) to at least compute.ranks")
+        states = noisy_states(batch.states)[rows]  # the noise of the whole batch: the same on every rank
+        inputs = policy.prepare_arrays({cam: images[rows] for cam, images in batch.images.items()}, states,
+                                       [batch.instructions[i] for i in rows])
+        targets = policy.actions.encode(batch.actions[rows], batch.states[rows])  # (B, K, D)
+        targets = torch.from_numpy(targets).flatten(1)  # (B, K * D)
+        mask = torch.from_numpy(np.repeat(batch.action_mask[rows], policy.action_dim, axis=1))  # (B, K * D)
+        batch_tokens = int(batch.action_mask.sum()) * policy.action_dim
+        metrics = sft_step(trainer, inputs, targets, mask, bin_centres, cfg, batch_tokens, ranks)
         if step % cfg.log_every == 0 or step == cfg.steps:
             history.append({"step": step, **metrics, "lr": scheduled_lr(cfg, step),
                             "steps_per_s": step / (time.monotonic() - start)})
