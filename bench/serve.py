@@ -5,7 +5,7 @@
 Without --bundle, the default config's policy (params.yaml sizes, random weights: timing does not
 depend on the weights) is exported to a temporary bundle. The server runs as `svrl serve` in its
 own process with the same torch threads as the in-process baseline; robots are threads here.
-Goals (issue 16): p50 overhead under 20% at 1 client; throughput at 16 clients >= 3x that at 1.
+Goals: p50 overhead under 20% at 1 client; throughput at 16 clients >= 3x that at 1.
 Last, the transport alone (no model, same payload): WebSocket vs HTTP keep-alive, the measurement
 behind serving over WebSocket.
 """
@@ -40,7 +40,7 @@ from svrl_core.envs.base import Obs
 from svrl_core.export import BundlePolicy, export_bundle
 from svrl_core.policies import new_policy
 
-KEY = "bench-key"
+KEY = "bench-key-0123456789"  # svrl serve takes keys of 16 bytes or more
 
 
 def free_port() -> int:

@@ -55,6 +55,19 @@ def tiny_policy(tiny_params, tiny_dataset):
     return new_policy(tiny_params.policy, tiny_dataset, seed=0)
 
 
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory, tiny_params, tiny_dataset):
+    """The tiny policy exported, with the provenance an export stage writes (params included)."""
+    from svrl_core.export import export_bundle
+
+    directory = tmp_path_factory.mktemp("bundle") / "b"
+    provenance = {"git": {"commit": "abc", "dirty": False}, "dvc": {}, "metrics": {"eval_rl": {"mean": 0.5}},
+                  "params": tiny_params.model_dump(mode="json")}
+    export_bundle(new_policy(tiny_params.policy, tiny_dataset, seed=0), directory, "tiny", provenance,
+                  list(ToyReachEnv.action_names))
+    return directory
+
+
 @pytest.fixture(params=["mlp", "oft-transformer"])
 def tiny_policy_any_trunk(request, tiny_params, tiny_dataset):
     cfg = tiny_params.policy.model_copy(update={"trunk": request.param, "transformer_width": 16})

@@ -22,19 +22,8 @@ KEY = "test-key-0123456789"
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory, tiny_params, tiny_dataset):
-    from svrl_core.policies import new_policy
-
-    directory = tmp_path_factory.mktemp("bundle") / "b"
-    provenance = {"git": {"commit": "abc", "dirty": False}, "dvc": {}, "metrics": {"eval_rl": {"mean": 0.5}}}
-    export_bundle(new_policy(tiny_params.policy, tiny_dataset, seed=0), directory, "tiny", provenance,
-                  list(ToyReachEnv.action_names))
-    return directory
-
-
-@pytest.fixture(scope="module")
 def server(bundle_dir):
-    with ServerThread(PolicyServer(bundle_dir, ServeConfig(port=0, api_key=KEY, max_request_bytes=64 << 10,
+    with ServerThread(PolicyServer(bundle_dir, ServeConfig(port=0, api_keys=(KEY,), max_request_bytes=64 << 10,
                                                            max_connections=12))) as running:
         yield running
 
@@ -101,7 +90,7 @@ def test_health_metadata_and_authentication(server, bundle_dir):
     status, metadata = http_get(f"{http}/metadata", KEY)
     manifest = json.loads((bundle_dir / "manifest.json").read_text())
     assert status == 200 and metadata["cameras"] == ["main"] and metadata["action_names"] == ["dx", "dy"]
-    assert metadata["chunk_size"] == 4 and metadata["checksums"]["policy.pt2"] == manifest["files"]["policy.pt2"]["sha256"]
+    assert metadata["chunk_size"] == 4 and metadata["checksums"]["policy.safetensors"] == manifest["files"]["policy.safetensors"]["sha256"]
     assert metadata["provenance"]["git"]["commit"] == "abc" and metadata["provenance"]["metrics"]["eval_rl"]["mean"] == 0.5
     with pytest.raises(RequestRejected, match=r"\(401\)") as rejected:
         PolicyClient(server.url, "wrong-key").connect()
@@ -172,7 +161,7 @@ def test_concurrent_robots_are_batched_and_each_gets_its_own_chunk(server, bundl
 
 
 def test_too_many_connections_get_503(bundle_dir):
-    with ServerThread(PolicyServer(bundle_dir, ServeConfig(port=0, api_key=KEY, max_connections=1))) as running:
+    with ServerThread(PolicyServer(bundle_dir, ServeConfig(port=0, api_keys=(KEY,), max_connections=1))) as running:
         first = PolicyClient(running.url, KEY)
         first.connect()
         with pytest.raises(ServerUnreachable, match="503"):
@@ -210,7 +199,7 @@ def test_prefetch_asks_early_and_drops_actions_already_executed(server, client, 
 
 
 def test_the_robot_holds_while_the_server_is_away_and_resumes_when_it_returns(bundle_dir, tiny_params):
-    cfg = ServeConfig(port=0, api_key=KEY)
+    cfg = ServeConfig(port=0, api_keys=(KEY,))
     first = ServerThread(PolicyServer(bundle_dir, cfg))
     port = first.server.port
     client = PolicyClient(first.url, KEY, timeout_s=2)
@@ -219,7 +208,7 @@ def test_the_robot_holds_while_the_server_is_away_and_resumes_when_it_returns(bu
     runner.run(max_steps=4)
     first.stop()
     restarted = threading.Timer(1.0, lambda: holder.append(
-        ServerThread(PolicyServer(bundle_dir, ServeConfig(port=port, api_key=KEY)))))
+        ServerThread(PolicyServer(bundle_dir, ServeConfig(port=port, api_keys=(KEY,))))))
     holder: list = []
     restarted.start()
     try:
@@ -231,7 +220,7 @@ def test_the_robot_holds_while_the_server_is_away_and_resumes_when_it_returns(bu
 
 
 def test_the_robot_gives_up_held_when_the_server_never_returns(bundle_dir, tiny_params):
-    with ServerThread(PolicyServer(bundle_dir, ServeConfig(port=0, api_key=KEY))) as running:
+    with ServerThread(PolicyServer(bundle_dir, ServeConfig(port=0, api_keys=(KEY,)))) as running:
         client = PolicyClient(running.url, KEY, timeout_s=1)
         client.connect()
     robot = SimulatedRobot(ToyReachEnv(tiny_params.env), "red", 2)
@@ -259,14 +248,16 @@ def test_a_bundle_for_another_robot_is_refused(server, client, tiny_params):
 def test_a_server_needs_an_api_key_unless_told_otherwise():
     with pytest.raises(ValueError, match="set SVRL_API_KEY"):
         ServeConfig()
-    assert ServeConfig(allow_no_auth=True).api_key is None
+    assert ServeConfig(allow_no_auth=True).api_keys == ()
+    with pytest.raises(ValueError, match="API key 2 must be at least 16"):
+        ServeConfig(api_keys=(KEY, "short"))
 
 
 def test_a_tampered_or_incomplete_bundle_is_refused(bundle_dir, tmp_path):
     import shutil
 
-    for damage, reason in [(lambda d: (d / "policy.pt2").write_bytes((d / "policy.pt2").read_bytes()[:-1] + b"!"),
-                            "policy.pt2 does not match its sha256"),
+    for damage, reason in [(lambda d: (d / "policy.safetensors").write_bytes((d / "policy.safetensors").read_bytes()[:-1] + b"!"),
+                            "policy.safetensors does not match its sha256"),
                            (lambda d: (d / "bundle.json").unlink(), "bundle.json is missing"),
                            (lambda d: (d / "manifest.json").write_text("{"), "no readable manifest.json")]:
         copy = tmp_path / f"copy{len(list(tmp_path.iterdir()))}"
@@ -275,26 +266,28 @@ def test_a_tampered_or_incomplete_bundle_is_refused(bundle_dir, tmp_path):
         with pytest.raises(BundleError, match=reason):
             BundlePolicy(copy)
         with pytest.raises(BundleError, match="re-export it"):
-            PolicyServer(copy, ServeConfig(port=0, api_key=KEY))
+            PolicyServer(copy, ServeConfig(port=0, api_keys=(KEY,)))
 
 
-def test_svrl_serve_and_drive_from_the_command_line(bundle_dir, tiny_params, tmp_path):
+def test_svrl_sign_serve_and_drive_from_the_command_line(bundle_dir, tiny_params, tmp_path):
+    """A signed bundle served with --require-signature; drive simulates the env of the bundle's provenance."""
     import os
+    import shutil
     import signal
     import subprocess
     import sys
     import time
 
-    import yaml
-
     from tests.conftest import free_port
 
-    port = free_port()
-    env = {**os.environ, "SVRL_API_KEY": KEY}
+    port, signed = free_port(), tmp_path / "signed"
+    shutil.copytree(bundle_dir, signed)
+    env = {**os.environ, "SVRL_API_KEY": KEY, "SVRL_BUNDLE_KEY": "bundle-signing-key-0123"}
     svrl = [sys.executable, "-c", "from flows.cli import main; main()"]
     assert "set SVRL_API_KEY" in subprocess.run([*svrl, "serve", str(bundle_dir)], capture_output=True, text=True,
                                                 env={**os.environ, "SVRL_API_KEY": ""}, timeout=120).stderr
-    server = subprocess.Popen([*svrl, "serve", str(bundle_dir), "--port", str(port)], env=env,
+    assert subprocess.run([*svrl, "sign", str(signed)], env=env, timeout=120).returncode == 0
+    server = subprocess.Popen([*svrl, "serve", str(signed), "--port", str(port), "--require-signature"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -305,16 +298,15 @@ def test_svrl_serve_and_drive_from_the_command_line(bundle_dir, tiny_params, tmp
             except OSError:
                 assert time.monotonic() < deadline and server.poll() is None, server.stdout.read()
                 time.sleep(0.2)
-        params_file = tmp_path / "params.yaml"
-        params_file.write_text(yaml.safe_dump(tiny_params.model_dump(mode="json")))
-        drive = subprocess.run([*svrl, "drive", "--server", f"ws://127.0.0.1:{port}", "--params", str(params_file),
-                                "--episodes", "2"], capture_output=True, text=True, env=env, timeout=120)
+        drive = subprocess.run([*svrl, "drive", "--server", f"ws://127.0.0.1:{port}", "--episodes", "2"],
+                               capture_output=True, text=True, env=env, timeout=120)
         assert drive.returncode == 0, drive.stderr
         first = tiny_params.eval.seed_start  # drive evaluates on the eval states by default
         assert f"red seed {first}:" in drive.stdout and f"blue seed {first + 1}:" in drive.stdout
         assert drive.stdout.strip().splitlines()[-1].endswith("/4")
         server.send_signal(signal.SIGTERM)  # graceful: exits 0
         assert server.wait(30) == 0
+        assert "connection rejected (200" not in server.stdout.read()  # health checks are not rejections
     finally:
         server.kill()
 
@@ -346,7 +338,7 @@ def test_dual_arm_replay_on_sapien_through_the_server_equals_in_process(tiny_par
             obs = result.obs
             if result.done:
                 break
-        with ServerThread(PolicyServer(tmp_path / "bundle", ServeConfig(port=0, api_key=KEY))) as running:
+        with ServerThread(PolicyServer(tmp_path / "bundle", ServeConfig(port=0, api_keys=(KEY,)))) as running:
             client = PolicyClient(running.url, KEY)
             assert client.connect()["action_names"] == list(DUAL_ARM_ACTION_NAMES)
             robot = SimulatedRobot(env, "handover_block", 3)

@@ -15,7 +15,7 @@ def test_bundle_reproduces_in_process_actions_exactly(tiny_policy_any_trunk, tin
     tiny_policy.decoding = decoding
     export_bundle(tiny_policy, tmp_path / "bundle", "tiny")
     spec = json.loads((tmp_path / "bundle/bundle.json").read_text())
-    assert spec["format"] == "svrl-bundle-v1" and spec["postprocessing"]["n_bins"] == 32
+    assert spec["format"] == "svrl-bundle-v2" and spec["postprocessing"]["n_bins"] == 32
     assert spec["postprocessing"]["decoding"] == decoding
     env = ToyReachEnv(tiny_params.env)
     obs = [env.reset(task, seed) for task in tiny_params.env.tasks for seed in range(5)]
@@ -101,9 +101,10 @@ def test_manifest_checksums_every_file_and_provenance_travels_with_the_bundle(ti
     bundle = BundlePolicy(tmp_path / "bundle")
     files = {p.relative_to(tmp_path / "bundle").as_posix() for p in (tmp_path / "bundle").rglob("*") if p.is_file()}
     assert set(bundle.manifest["files"]) == files - {"manifest.json"}
-    assert {"policy.pt2", "bundle.json", "runtime.py", "provenance.json", "checkpoint/model.safetensors"} <= files
-    entry = bundle.manifest["files"]["policy.pt2"]
-    assert entry["sha256"] == hashlib.sha256((tmp_path / "bundle/policy.pt2").read_bytes()).hexdigest()
+    assert {"policy.json", "policy.safetensors", "bundle.json", "runtime.py", "provenance.json",
+            "checkpoint/model.safetensors"} <= files
+    entry = bundle.manifest["files"]["policy.safetensors"]
+    assert entry["sha256"] == hashlib.sha256((tmp_path / "bundle/policy.safetensors").read_bytes()).hexdigest()
     assert json.loads((tmp_path / "bundle/provenance.json").read_text()) == {"git": {"commit": "abc"}}
     assert bundle.spec["postprocessing"]["action_names"] == ["dx", "dy"]
 

@@ -1,10 +1,10 @@
 """Running an exported policy beside a robot: policy server, robot-side client and control loop,
 robot interfaces (a simulated robot on svrl's envs, AgileX Piper arms on piper_sdk)."""
 
-from svrl_core.deploy.client import PolicyClient, RequestRejected, ServerUnreachable
+from svrl_core.deploy.client import PolicyClient, RequestRejected, ServerUnreachable, UnsafeReply
 from svrl_core.deploy.control import ChunkRunner, ControlConfig, ControlReport
 from svrl_core.deploy.robots import Robot, SimulatedRobot
 from svrl_core.deploy.server import PolicyServer, ServeConfig, ServerThread
 
 __all__ = ["ChunkRunner", "ControlConfig", "ControlReport", "PolicyClient", "PolicyServer", "RequestRejected", "Robot",
-           "ServeConfig", "ServerThread", "ServerUnreachable", "SimulatedRobot"]
+           "ServeConfig", "ServerThread", "ServerUnreachable", "SimulatedRobot", "UnsafeReply"]

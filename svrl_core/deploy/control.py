@@ -4,7 +4,10 @@ Synchronous (prefetch_at = 0): when the queue runs dry, observe, ask, wait, exec
 chunk: exactly what in-process rollouts do. Asynchronous (prefetch_at = n > 0, as LeRobot's
 async inference): ask for the next chunk, in the background, once only n actions are left,
 and when it arrives drop the actions that were already executed since its observation.
-When the server is unreachable the robot holds and the loop reconnects with backoff.
+When the server is unreachable the robot holds and the loop reconnects with backoff; the chunk
+it was executing is then stale and dropped, and the control clock restarts rather than
+catching up with a burst. `emergency_stop()` (from any thread, e.g. a signal handler) stops the
+robot and ends the run.
 """
 
 from __future__ import annotations
@@ -48,6 +51,12 @@ class ChunkRunner:
     def __init__(self, robot: Robot, client: PolicyClient, cfg: ControlConfig = ControlConfig()):
         self.robot, self.client, self.cfg = robot, client, cfg
         self._requests = ThreadPoolExecutor(1, thread_name_prefix="svrl-request")
+        self._stopped = False
+
+    def emergency_stop(self) -> None:
+        """Stop the robot now and end the run: the loop executes nothing more."""
+        self._stopped = True
+        self.robot.emergency_stop()
 
     def _check_layout(self) -> None:
         names = self.client.metadata.get("action_names")
@@ -81,7 +90,8 @@ class ChunkRunner:
         try:
             return self._drive(max_steps)
         except Exception:
-            self.robot.hold()
+            if not self._stopped:
+                self.robot.hold()
             raise
 
     def _drive(self, max_steps: int) -> ControlReport:
@@ -91,7 +101,7 @@ class ChunkRunner:
         self._check_layout()
         period = 1.0 / self.cfg.rate_hz if self.cfg.rate_hz > 0 else 0.0
         step, next_tick = 0, time.monotonic()
-        while step < max_steps and not self.robot.done:
+        while step < max_steps and not self.robot.done and not self._stopped:
             if pending is None and len(queue) <= self.cfg.prefetch_at:
                 pending = self._ask(step)
             if pending is not None and (not queue or pending[2].done()):
@@ -101,6 +111,8 @@ class ChunkRunner:
                     chunk = future.result()
                 except ServerUnreachable:
                     self._reconnect(report)
+                    queue.clear()  # the robot held meanwhile: what is left of the old chunk is stale
+                    next_tick = time.monotonic()
                     continue
                 report.latency_ms.append(1e3 * (time.perf_counter() - sent))
                 report.chunks += 1
@@ -110,10 +122,15 @@ class ChunkRunner:
                 if not queue:
                     continue
             action = queue.popleft()
+            if self._stopped:
+                break
             self.robot.apply(action)
+            applied_at = time.monotonic()
             report.actions.append(action)
             step += 1
             next_tick += period
+            if next_tick < applied_at:  # this action came a period late (waiting for a chunk): no catching up
+                next_tick = applied_at + period
             time.sleep(max(0.0, next_tick - time.monotonic()))
         return report
 

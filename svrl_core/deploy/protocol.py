@@ -11,9 +11,7 @@ Messages are wire.pack'ed maps over one WebSocket:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -41,19 +39,32 @@ class Observation:
     instruction: str
 
 
-def bundle_metadata(directory: str | Path, spec: dict, manifest: dict) -> dict:
+def bundle_metadata(spec: dict, manifest: dict, provenance: dict) -> dict:
     """What a robot needs to know before it sends anything: inputs, action layout, checksums, provenance."""
     pre, post = spec["preprocessing"], spec["postprocessing"]
-    provenance_path = Path(directory) / "provenance.json"
-    provenance = json.loads(provenance_path.read_text()) if provenance_path.is_file() else {}
+    params = provenance.get("params") or {}
     return {
         "name": spec["name"], "format": spec["format"],
         "cameras": [spec["inputs"]["camera"]], "image_height": pre["image_height"], "image_width": pre["image_width"],
         "proprio_dim": spec["inputs"]["proprio_dim"], "chunk_size": post["chunk_size"], "action_dim": post["action_dim"],
-        "action_names": post.get("action_names"),
+        "action_names": post.get("action_names"), **action_bounds(post),
         "checksums": {name: entry["sha256"] for name, entry in manifest["files"].items()},
-        "provenance": {key: provenance.get(key) for key in ("git", "dvc", "metrics")},
+        "provenance": {**{key: provenance.get(key) for key in ("git", "dvc", "metrics")},
+                       # what `svrl drive` simulates by default: the env the policy was trained and evaluated on
+                       "env": params.get("env"), "eval_seed_start": params.get("eval", {}).get("seed_start")},
     }
+
+
+def action_bounds(post: dict) -> dict:
+    """The range a bundle's decoded actions lie in, so a robot can check what it is sent: dims scaled
+    from [-1, 1] to the dataset's [low, high], the others in [-1, 1] (binary ones at low or high); dims
+    relative to the proprio are offsets from it (the robot adds its own proprio)."""
+    low, high = np.asarray(post["low"], np.float64), np.asarray(post["high"], np.float64)
+    scaled = np.asarray(post["normalize_mask"], bool)
+    binary = np.asarray(post.get("binary_mask", [False] * len(low)), bool)
+    return {"action_low": np.where(scaled, low, np.where(binary, np.minimum(low, -1.0), -1.0)).tolist(),
+            "action_high": np.where(scaled, high, np.where(binary, np.maximum(high, 1.0), 1.0)).tolist(),
+            "action_relative_to_proprio": np.asarray(post.get("relative_mask", [False] * len(low)), bool).tolist()}
 
 
 def _array(value: object, what: str, shape: tuple[int, ...], dtypes: tuple[str, ...]) -> np.ndarray:

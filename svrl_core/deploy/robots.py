@@ -9,6 +9,14 @@ import numpy as np
 from svrl_core.envs.base import Obs, VLAEnv
 
 
+class RobotFault(RuntimeError):
+    """The robot cannot be commanded safely now (stale feedback, an arm error, an emergency stop)."""
+
+
+class UnsafeAction(ValueError):
+    """An action the robot's safety limits refuse; nothing of it was sent."""
+
+
 class Robot(Protocol):
     """One action at a time, in the policy's action layout (`action_names`)."""
 
@@ -27,6 +35,9 @@ class Robot(Protocol):
     def hold(self) -> None:
         """Stay where it is: called when no action can be had (the policy server is unreachable)."""
 
+    def emergency_stop(self) -> None:
+        """Stop now; every later apply() raises RobotFault. Callable from any thread or a signal handler."""
+
     def close(self) -> None:
         """Release the hardware or simulator."""
 
@@ -41,6 +52,7 @@ class SimulatedRobot:
         self._done = False
         self.success = False
         self.holds = 0
+        self.stopped = False  # emergency_stop() was called
 
     @property
     def done(self) -> bool:
@@ -50,6 +62,8 @@ class SimulatedRobot:
         return self._obs
 
     def apply(self, action: np.ndarray) -> None:
+        if self.stopped:
+            raise RobotFault("simulated robot: emergency stopped, commands are refused")
         if self._done:
             raise RuntimeError("simulated robot: the episode is over")
         result = self.env.step(np.asarray(action)[None])
@@ -57,6 +71,9 @@ class SimulatedRobot:
 
     def hold(self) -> None:
         self.holds += 1  # the simulated arm's drives keep their last targets; time does not pass
+
+    def emergency_stop(self) -> None:
+        self.stopped = True
 
     def close(self) -> None:
         self.env.close()

@@ -12,12 +12,15 @@ import asyncio
 import hmac
 import json
 import logging
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
 from dataclasses import dataclass
 from http import HTTPStatus
 from pathlib import Path
+from weakref import WeakKeyDictionary
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
@@ -32,26 +35,66 @@ from svrl_core.export import BundlePolicy
 log = logging.getLogger("svrl.serve")
 
 
+MIN_KEY_BYTES = 16
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """How the server listens, authenticates, batches and bounds its work."""
 
     host: str = "127.0.0.1"  # loopback unless told otherwise: a policy server drives hardware
     port: int = 8765  # 0: any free port (see PolicyServer.port)
-    api_key: str | None = None  # None only with allow_no_auth
+    api_keys: tuple[str, ...] = ()  # one per robot (or fleet); empty only with allow_no_auth
     allow_no_auth: bool = False
     max_batch: int = 16  # observations per forward pass
     batch_window_ms: float = 5.0  # longest wait for more requests once one is queued
     max_connections: int = 64  # more get HTTP 503 at the handshake
+    max_connections_per_key: int = 16  # so one key's connections cannot take every other robot's place
     max_request_bytes: int = 4 << 20  # larger requests get 413; twice this closes the connection
+    ping_interval_s: float = 5.0  # a connection that leaves a ping unanswered for ping_timeout_s is dropped
+    ping_timeout_s: float = 5.0
+    tls_cert: str | None = None  # PEM certificate chain and its private key: serve wss:// instead of ws://
+    tls_key: str | None = None
     drain_timeout_s: float = 10.0  # on shutdown, time to finish the requests already accepted
 
     def __post_init__(self):
-        if not self.api_key and not self.allow_no_auth:
-            raise ValueError("serve: no API key; set SVRL_API_KEY (any long random string, the robot uses the same), "
-                             "or pass --no-auth to serve without authentication on a trusted network")
-        if self.max_batch < 1 or self.max_connections < 1 or self.batch_window_ms < 0:
-            raise ValueError(f"serve: max_batch and max_connections must be >= 1 and batch_window_ms >= 0, got {self}")
+        if not self.api_keys and not self.allow_no_auth:
+            raise ValueError("serve: no API key; set SVRL_API_KEY (a long random string, the robot uses the same; "
+                             "several, comma-separated, give robots keys of their own), or pass --no-auth to serve "
+                             "without authentication on a trusted network")
+        for number, key in enumerate(self.api_keys, 1):
+            if len(key.encode()) < MIN_KEY_BYTES or not key.isascii() or not key.isprintable() or " " in key:
+                raise ValueError(f"serve: API key {number} must be at least {MIN_KEY_BYTES} printable ASCII characters "
+                                 "without spaces; make one with `python -c 'import secrets; "
+                                 "print(secrets.token_urlsafe(24))'`")
+        if min(self.max_batch, self.max_connections, self.max_connections_per_key) < 1 or self.batch_window_ms < 0:
+            raise ValueError(f"serve: max_batch and the connection limits must be >= 1 and batch_window_ms >= 0, "
+                             f"got {self}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("serve: TLS needs both a certificate (--tls-cert) and its private key (--tls-key)")
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The server's TLS context, or None for plain ws:// (fine on loopback or a trusted private link)."""
+        if self.tls_cert is None:
+            return None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as err:
+            raise ValueError(f"serve: cannot load the TLS certificate {self.tls_cert} with key {self.tls_key}: "
+                             f"{err}") from None
+        return context
+
+
+class _HealthChecksAreNotRejections(logging.Filter):
+    """websockets logs every plain-HTTP answer as "connection rejected"; /health and /metadata are not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg.startswith("connection rejected") and record.args and record.args[0] == 200)
+
+
+_websocket_log = logging.getLogger("svrl.serve.websocket")
+_websocket_log.addFilter(_HealthChecksAreNotRejections())
 
 
 def _json_response(status: HTTPStatus, body: dict, headers: dict | None = None) -> Response:
@@ -64,49 +107,74 @@ def _json_response(status: HTTPStatus, body: dict, headers: dict | None = None) 
 class PolicyServer:
     """Serves BundlePolicy.act_batch to any number of robots; run() until `stop` is set."""
 
-    def __init__(self, bundle_dir: str | Path, cfg: ServeConfig):
+    def __init__(self, bundle_dir: str | Path, cfg: ServeConfig, signing_key: bytes | None = None):
         self.cfg = cfg
-        self.policy = BundlePolicy(bundle_dir)  # verifies the manifest: a tampered bundle never serves
-        self.metadata = {**bundle_metadata(bundle_dir, self.policy.spec, self.policy.manifest),
+        self._tls = cfg.tls_context()
+        # verifies the manifest (and its signature when a key is given): a tampered bundle never serves
+        self.policy = BundlePolicy(bundle_dir, signing_key=signing_key)
+        self.metadata = {**bundle_metadata(self.policy.spec, self.policy.manifest, self.policy.provenance),
                          "max_request_bytes": cfg.max_request_bytes, "max_batch": cfg.max_batch}
         self.port: int | None = None
         self.connections = 0
         self.served = 0
         self.batches = 0
         self._draining = False
+        self._per_key: Counter[int] = Counter()  # open connections per API key (its index)
+        self._key_of: WeakKeyDictionary[ServerConnection, int] = WeakKeyDictionary()
         self._pending: list[tuple[Observation, asyncio.Future]] = []
         self._arrived: asyncio.Event | None = None
         self._running = False
         self._inference = ThreadPoolExecutor(1, thread_name_prefix="svrl-inference")
 
-    # --- HTTP side: health, metadata, authentication, admission -------------------------
-    def _authorized(self, request: Request) -> bool:
-        if self.cfg.api_key is None:
-            return True
-        given = request.headers.get("Authorization", "")
-        return hmac.compare_digest(given.encode(), f"Bearer {self.cfg.api_key}".encode())
+    @property
+    def scheme(self) -> str:
+        return "ws" if self._tls is None else "wss"
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+    # --- HTTP side: health, metadata, authentication, admission -------------------------
+    def _key_index(self, request: Request) -> int:
+        """Which API key the request carries (0 without authentication); BadRequest(400/401) otherwise."""
+        if self.cfg.allow_no_auth and not self.cfg.api_keys:
+            return 0
+        values = request.headers.get_all("Authorization")
+        if len(values) > 1:
+            raise BadRequest(400, "send one Authorization header, not several")
+        given = (values[0] if values else "").encode("utf-8", "surrogateescape")
+        matches = [hmac.compare_digest(given, f"Bearer {key}".encode()) for key in self.cfg.api_keys]  # every key
+        if True not in matches:
+            raise BadRequest(401, "missing or wrong API key: send the header 'Authorization: Bearer <SVRL_API_KEY>'")
+        return matches.index(True)
+
+    def _admit(self, connection: ServerConnection, request: Request) -> Response | None:
         path = request.path.split("?")[0]
         if path == "/health":
+            log.debug("health check")
             return _json_response(HTTPStatus.OK, {"status": "draining" if self._draining else "ok",
                                                   "connections": self.connections, "served": self.served})
-        if not self._authorized(request):
-            return _json_response(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong API key: send the header "
-                                                            "'Authorization: Bearer <SVRL_API_KEY>'"},
-                                  {"WWW-Authenticate": "Bearer"})
+        key = self._key_index(request)
         if path == "/metadata":
             return _json_response(HTTPStatus.OK, self.metadata)
         if path != "/":
-            return _json_response(HTTPStatus.NOT_FOUND, {"error": f"no {path}: use /, /health or /metadata"})
+            raise BadRequest(404, f"no {path}: use /, /health or /metadata")
         if self._draining or self.connections >= self.cfg.max_connections:
-            return _json_response(HTTPStatus.SERVICE_UNAVAILABLE,
-                                  {"error": f"server busy ({self.connections} robots connected) or shutting down"})
+            raise BadRequest(503, f"server busy ({self.connections} robots connected) or shutting down")
+        if self._per_key[key] >= self.cfg.max_connections_per_key:
+            raise BadRequest(503, f"this API key already has {self._per_key[key]} connections, its share; close "
+                                  "idle ones or give each robot a key of its own")
+        self._key_of[connection] = key
         return None
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        try:
+            return self._admit(connection, request)
+        except BadRequest as err:
+            headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+            return _json_response(HTTPStatus(err.status), {"error": str(err)}, headers)
 
     # --- WebSocket side ----------------------------------------------------------------
     async def _handle(self, connection: ServerConnection) -> None:
+        key = self._key_of.get(connection, 0)
         self.connections += 1
+        self._per_key[key] += 1
         try:
             async for payload in connection:
                 await connection.send(pack(await self._answer(payload)))
@@ -114,6 +182,7 @@ class PolicyServer:
             pass
         finally:
             self.connections -= 1
+            self._per_key[key] -= 1
 
     async def _answer(self, payload: bytes | str) -> dict:
         try:
@@ -121,15 +190,16 @@ class PolicyServer:
                 raise BadRequest(400, "send binary msgpack frames, not text")
             if len(payload) > self.cfg.max_request_bytes:
                 raise BadRequest(413, f"request of {len(payload)} bytes exceeds {self.cfg.max_request_bytes}")
-            message = unpack(payload)
+            message = unpack(payload)  # bounded: see wire.REQUEST_LIMITS
             kind = message.get("type")
+            if not isinstance(kind, str) or kind not in ("infer", "metadata"):
+                shown = repr(kind) if isinstance(kind, str | None) else f"of type {type(kind).__name__}"
+                raise BadRequest(400, f"unknown message type {shown}: use 'infer' or 'metadata'")
             if kind == "metadata":
                 return {"type": "metadata", **self.metadata}
-            if kind != "infer":
-                raise BadRequest(400, f"unknown message type {kind!r}: use 'infer' or 'metadata'")
             if self._draining:
                 raise BadRequest(503, "server is shutting down")
-            observation = parse_observation(message, self.metadata)
+            observation = self._checked(parse_observation(message, self.metadata))
             start = time.perf_counter()
             actions, inference_ms = await self._submit(observation)
             return {"type": "actions", "actions": actions, "inference_ms": inference_ms,
@@ -138,9 +208,17 @@ class PolicyServer:
             return {"type": "error", "status": 400, "error": f"malformed request: {err}"}
         except BadRequest as err:
             return {"type": "error", "status": err.status, "error": str(err)}
-        except Exception as err:  # the policy failed on valid input: report it, keep serving
-            log.exception("inference failed")
+        except Exception as err:  # the policy failed on valid input, alone in its batch: report it, keep serving
             return {"type": "error", "status": 500, "error": f"inference failed: {type(err).__name__}: {err}"}
+
+    def _checked(self, observation: Observation) -> Observation:
+        """Preprocess the observation alone before it joins a batch: an instruction the bundle cannot encode
+        (too many tokens) is this robot's 422, not a failed batch."""
+        try:
+            self.policy.preprocess(observation.image[None], observation.proprio[None], [observation.instruction])
+        except ValueError as err:
+            raise BadRequest(422, str(err)) from None
+        return observation
 
     # --- batching ----------------------------------------------------------------------
     async def _submit(self, observation: Observation) -> tuple[np.ndarray, float]:
@@ -174,22 +252,31 @@ class PolicyServer:
                                         [o.instruction for o in observations])  # (B, K, D)
         return actions, 1e3 * (time.perf_counter() - start)
 
+    async def _run_batch(self, batch: list[tuple[Observation, asyncio.Future]]) -> None:
+        """One forward pass; if it fails, each request again on its own, so a failure (and its message,
+        which may quote the input) reaches only the robot whose request caused it."""
+        try:
+            actions, inference_ms = await asyncio.get_running_loop().run_in_executor(
+                self._inference, self._act, [obs for obs, _ in batch])
+        except Exception as err:
+            if len(batch) > 1:
+                for request in batch:
+                    await self._run_batch([request])
+                return
+            log.exception("inference failed")
+            batch[0][1].done() or batch[0][1].set_exception(err)
+            return
+        for row, (_, future) in enumerate(batch):
+            future.done() or future.set_result((actions[row], inference_ms))
+        self.served += len(batch)
+        self.batches += 1
+
     async def _batch_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             batch = await self._collect()
             self._running = True
             try:
-                actions, inference_ms = await loop.run_in_executor(self._inference, self._act,
-                                                                   [obs for obs, _ in batch])
-            except Exception as err:
-                for _, future in batch:
-                    future.done() or future.set_exception(err)
-            else:
-                for row, (_, future) in enumerate(batch):
-                    future.done() or future.set_result((actions[row], inference_ms))
-                self.served += len(batch)
-                self.batches += 1
+                await self._run_batch(batch)
             finally:
                 self._running = False
 
@@ -208,9 +295,12 @@ class PolicyServer:
         batcher = asyncio.create_task(self._batch_loop())
         hard_limit = 2 * self.cfg.max_request_bytes  # between the two limits a request gets a 413 reply
         async with serve(self._handle, self.cfg.host, self.cfg.port, process_request=self._process_request,
-                         max_size=hard_limit, compression=None, max_queue=4) as server:
+                         max_size=hard_limit, compression=None, max_queue=4, ssl=self._tls,
+                         ping_interval=self.cfg.ping_interval_s, ping_timeout=self.cfg.ping_timeout_s,
+                         close_timeout=self.cfg.ping_timeout_s,  # a silent peer is not waited for twice
+                         logger=_websocket_log) as server:
             self.port = server.sockets[0].getsockname()[1]
-            log.info("serving %s on ws://%s:%d", self.metadata["name"], self.cfg.host, self.port)
+            log.info("serving %s on %s://%s:%d", self.metadata["name"], self.scheme, self.cfg.host, self.port)
             if ready is not None:
                 ready.set()
             await stop.wait()
@@ -238,7 +328,7 @@ class ServerThread:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.server.cfg.host}:{self.server.port}"
+        return f"{self.server.scheme}://{self.server.cfg.host}:{self.server.port}"
 
     def stop(self, timeout_s: float = 30.0) -> None:
         self._loop.call_soon_threadsafe(self._stop.set)
