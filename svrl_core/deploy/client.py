@@ -44,7 +44,8 @@ def check_chunk(actions: object, metadata: dict, proprio: np.ndarray) -> np.ndar
     if not np.all(np.isfinite(actions)):
         raise UnsafeReply(f"policy server sent non-finite actions: {actions.tolist()}")
     if "action_low" in metadata:
-        offset = np.where(metadata["action_relative_to_proprio"], np.asarray(proprio, np.float64), 0.0)
+        relative = np.asarray(metadata["action_relative_to_proprio"], bool)  # such dims have the proprio's layout
+        offset = np.where(relative, np.asarray(proprio, np.float64), 0.0) if relative.any() else 0.0
         low, high = np.asarray(metadata["action_low"]) + offset, np.asarray(metadata["action_high"]) + offset
         outside = (actions < low - BOUND_TOLERANCE) | (actions > high + BOUND_TOLERANCE)  # (K, D)
         if outside.any():
