@@ -14,15 +14,16 @@ from tasks.tracking import tracking_run
 
 @flow(name="sft")
 def sft_flow(params_path: str = "params.yaml") -> dict:
-    """Supervised fine-tuning of TinyVLA on the demonstrations."""
+    """Supervised fine-tuning on the demonstrations (sft.steps: 0 adopts policy.oft.checkpoint as it is)."""
     params = load_params(params_path)
     with tracking_run("sft", params) as run:
         history = train_sft_policy(params)
         for row in history:
             run.log({f"sft/{k}": v for k, v in row.items()}, step=row["step"])
     write_json_atomic(join(params.paths.plots, "sft_history.json"), history)
-    write_metrics(params, "sft", history[-1])
-    return history[-1]
+    final = history[-1] if history else {"step": 0, "adopted": params.policy.oft.checkpoint}
+    write_metrics(params, "sft", final)
+    return final
 
 
 def sft_replica(params_path: str = "params.yaml") -> None:

@@ -83,8 +83,9 @@ class OftPolicyConfig(Section):
                                         "needs a checkpoint")
     checkpoint: str | None = Field(None, description="a local OpenVLA / OpenVLA-OFT / svrl checkpoint directory "
                                    "(config.json, safetensors, dataset_statistics.json, tokenizer.json)")
-    unnorm_key: str | None = Field(None, description="use this dataset's statistics from the checkpoint; None: "
-                                   "the demonstrations' own (fine-tuning)")
+    unnorm_key: str | None = Field(None, description="with sft.steps 0 (the checkpoint as it is): act with this "
+                                   "dataset's statistics from it (e.g. libero_10, also found as libero_10_no_noops); "
+                                   "fine-tuning always acts with the demonstrations' own")
     cameras: list[str] | None = Field(None, min_length=1, max_length=2, description="input cameras (OFT: third "
                                       "person, then wrist); None: the demonstrations' first")
     use_proprio: bool = Field(False, description="one proprio token after the image patches (OFT on RoboTwin)")
@@ -94,6 +95,10 @@ class OftPolicyConfig(Section):
                                           "padded; None: 48 with a checkpoint's Llama tokenizer, 160 with tiny's "
                                           "byte tokenizer")
     center_crop: float = Field(1.0, gt=0.0, le=1.0, description="image area kept, centred (OFT's LIBERO: 0.9)")
+    conventions: Literal["svrl", "openvla-oft-libero", "simplevla-rl-libero"] = Field(
+        "svrl", description="image and gripper conventions of the checkpoint (policies/openvla_oft/conventions.py): "
+        "svrl: upright images, the env's gripper as it is; the LIBERO releases of OpenVLA-OFT and SimpleVLA-RL: "
+        "mirrored images, JPEG + lanczos3 to 224, gripper in [0, 1] with 1 = open. Saved with the checkpoint")
     dtype: Literal["float32", "bfloat16"] = "float32"
     device: Literal["cpu", "cuda"] = Field("cpu", description="where the network runs; envs, sampling and the "
                                            "loss stay on the CPU (only (B, K * D, n_bins) logits come back)")
@@ -207,7 +212,8 @@ class IngestConfig(Section):
 class SftConfig(Section):
     """Supervised fine-tuning on the demonstrations."""
 
-    steps: int = Field(400, ge=1, le=10_000_000)
+    steps: int = Field(400, ge=0, le=10_000_000, description="0: no training, the SFT output is "
+                       "policy.oft.checkpoint as it is (a brought discrete-token checkpoint, e.g. SimpleVLA-RL's)")
     batch_size: int = Field(64, ge=1, le=65_536, description="demo chunks per step, split over the ranks")
     micro_batch_size: int | None = Field(None, ge=1, le=65_536, description="chunks per forward/backward, "
                                          "gradients accumulated to the batch's; None: the whole batch at once")
@@ -333,6 +339,9 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _across_sections(self) -> "Params":
+        if self.sft.steps == 0 and not (self.policy.family == "openvla-oft" and self.policy.oft.checkpoint):
+            raise ValueError("sft.steps: 0 takes policy.oft.checkpoint as the SFT output: set policy.family: "
+                             "openvla-oft and policy.oft.checkpoint, or train (sft.steps > 0)")
         if self.ingest.execution_noise and self.env.family != "robotwin":
             raise ValueError(f"ingest.execution_noise (DART) is implemented for RoboTwin's expert only; env.family is "
                              f"{self.env.family!r}: set it to 0")

@@ -57,5 +57,7 @@ def describe_policy(params: Params) -> str:
     policy = params.policy
     if policy.family == "tiny-vla":
         return f"TinyVLA ({policy.trunk} trunk)"
+    if params.sft.steps == 0:
+        return f"OpenVLA-OFT {policy.oft.checkpoint} as it is (no SFT here), {policy.oft.conventions} conventions"
     start = policy.oft.checkpoint or f"fresh {policy.oft.size} layout"
     return f"OpenVLA-OFT from {start}{f', LoRA r={policy.oft.lora_rank}' if policy.oft.lora_rank else ''}"

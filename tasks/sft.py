@@ -14,6 +14,8 @@ from tasks.metrics import engine_overrides
 def fit_sft_policy(params: Params) -> tuple[VLAPolicy, list[dict]]:
     """The trained policy and its metrics rows; every rank of a multi-rank run calls this."""
     data = load_dataset(params.paths.demos)
+    if params.sft.steps == 0:  # a brought checkpoint, as it is
+        return new_policy(params.policy, data, params.sft.seed, adopt=True), []
     policy = new_policy(params.policy, data, params.sft.seed)
     return policy, train_sft(policy, data, data.tasks, params.sft, engine_overrides(params))
 

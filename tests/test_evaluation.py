@@ -78,7 +78,9 @@ def test_report_says_which_states_training_saw():
     toy = describe_protocol(load_params("configs/toy.yaml"))
     assert "RL never saw them" in toy and "Demonstrations never used" in toy
     assert "Policy: TinyVLA (mlp trunk)" in toy
-    assert "Policy: OpenVLA-OFT from models/openvla-oft." in describe_protocol(load_params("configs/libero_oft_7b.yaml"))
+    assert ("Policy: OpenVLA-OFT models/simplevla-rl-sft-libero-object as it is (no SFT here), simplevla-rl-libero "
+            "conventions.") in describe_protocol(load_params("configs/libero_oft_7b.yaml"))
+    assert "Policy: OpenVLA-OFT from fresh tiny layout." in describe_protocol(load_params("configs/libero_oft.yaml"))
 
 
 def test_report_counts_the_layouts_skipped_as_unsolvable(tmp_path):

@@ -15,7 +15,10 @@ import yaml
 from safetensors.numpy import load_file
 
 from svrl_core.config import Params, load_params, parse_params
+from svrl_core.policies.openvla_oft.policy import demo_statistics
+from svrl_core.policies.openvla_oft.prompt import byte_tokenizer
 from tests.conftest import TINY, assert_weights_close, free_port
+from tests.oft_upstream import TINY_TOWER_SPECS, write_release
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration
@@ -102,12 +105,25 @@ def test_pipeline_flow_runs_every_stage_and_leaves_dvc_up_to_date(project):
     assert "ran nothing" in again.stderr + again.stdout
 
 
-def test_the_pipeline_runs_with_the_openvla_oft_family(tmp_path_factory, prefect_server):
+def test_a_brought_discrete_token_checkpoint_runs_the_pipeline_without_sft(tmp_path_factory, prefect_server,
+                                                                          tiny_dataset):
+    """A directory laid out like SimpleVLA-RL's LIBERO SFT checkpoints (upstream's names, tiny layout) is
+    adopted as it is (sft.steps 0) and goes through evaluation, RL and export."""
+    release = tmp_path_factory.mktemp("release") / "simplevla_sft"
+    stats = demo_statistics(tiny_dataset, [])["svrl"]
+    write_release(release, {"libero_10_no_noops": stats, "bridge_orig": stats}, byte_tokenizer(256).to_str())
     params = tiny_params_yaml()
-    params["policy"]["family"] = "openvla-oft"
+    params["policy"].update({"family": "openvla-oft", "n_bins": 256})
+    params["policy"]["oft"].update({"checkpoint": str(release), "unnorm_key": "libero_10", "max_prompt_tokens": 160})
+    params["sft"]["steps"] = 0
     root = make_project(tmp_path_factory.mktemp("oft_project"), params)
+    with open(root / "svrl_core/policies/openvla_oft/vision.py", "a") as towers:  # the released ids, tiny
+        towers.write("\n" + "".join(f"KNOWN_TOWERS[{timm_id!r}] = TowerSpec({timm_id!r}, *{args}, **{kwargs})\n"
+                                     for timm_id, (args, kwargs) in TINY_TOWER_SPECS.items()))
     result = run([sys.executable, "-m", "flows.pipeline"], root)
     assert "ran ['ingest', 'sft', 'eval_sft', 'rl', 'eval_rl', 'export', 'report']" in result.stderr + result.stdout
+    assert "skipped lora_adapter" in result.stderr + result.stdout
+    assert json.loads((root / "metrics/sft.json").read_text()) == {"step": 0, "adopted": str(release)}
     assert json.loads((root / "models/rl/config.json").read_text())["model_type"] == "openvla"
     assert json.loads((root / "metrics/export.json").read_text())["max_action_difference"] == 0.0
     assert (root / "exports/policy_bundle/tokenizer.json").is_file()

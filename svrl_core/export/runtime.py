@@ -1,7 +1,8 @@
 """Robot-side runtime of an exported svrl policy bundle.
 
 This file is copied into every bundle and needs only numpy and torch (and `tokenizers` for
-an OpenVLA-OFT bundle, whose instructions become Llama tokens): no svrl code.
+an OpenVLA-OFT bundle, whose instructions become Llama tokens, and Pillow for one whose images take
+the JPEG + lanczos3 path of upstream LIBERO checkpoints): no svrl code.
 
     policy = BundlePolicy("path/to/bundle")                       # checks manifest.json
     policy = BundlePolicy("path/to/bundle", signing_key=key)      # ... and manifest.sig (HMAC-SHA256)
@@ -82,6 +83,8 @@ class ProgramError(ValueError):
 
 
 DECODINGS = ("argmax", "mean")
+IMAGE_RESIZES = ("none", "jpeg-lanczos3")  # bundle.json preprocessing.image_resize (absent: none)
+GRIPPER_CONVENTIONS = ("env", "open_is_one")  # postprocessing.gripper_convention (absent: env)
 
 
 def decode_bins(logits: torch.Tensor, decoding: str) -> torch.Tensor:
@@ -99,6 +102,29 @@ def decode_bins(logits: torch.Tensor, decoding: str) -> torch.Tensor:
         probs = logits.float().softmax(-1)  # (..., n_bins)
         return (probs @ torch.arange(probs.shape[-1], dtype=probs.dtype)).round().long()
     raise ValueError(f"unknown decoding {decoding!r}: use one of {list(DECODINGS)}")
+
+
+def jpeg_lanczos3_resize(images: np.ndarray, size: int, quality: int) -> np.ndarray:
+    """(B, H, W, 3) uint8 -> (B, size, size, 3) uint8: JPEG encode at `quality` (4:2:0) and decode, then an
+    antialiased lanczos3 resize of each channel in float32, rounded: what upstream OpenVLA-OFT / SimpleVLA-RL
+    LIBERO checkpoints saw (svrl's policies/openvla_oft/conventions.py documents the rule and its tolerance;
+    tests pin the two implementations to the same bytes)."""
+    import io
+
+    from PIL import Image  # only bundles that ask for this path need Pillow
+
+    out = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for i, image in enumerate(images):
+        buffer = io.BytesIO()
+        Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="JPEG", quality=quality, subsampling=2)
+        buffer.seek(0)
+        with Image.open(buffer, formats=["JPEG"]) as decoded:  # the bytes just written, never a file
+            pixels = np.asarray(decoded.convert("RGB"), dtype=np.float32)  # (H, W, 3)
+        # each channel as a float image: no uint8 rounding between the two passes (as TensorFlow's float32)
+        resized = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(pixels[..., c])).resize(
+            (size, size), Image.LANCZOS)) for c in range(3)], axis=-1)  # (size, size, 3) float32
+        out[i] = np.clip(np.round(resized), 0, 255).astype(np.uint8)
+    return out
 
 
 def file_sha256(path: Path) -> str:
@@ -409,8 +435,8 @@ ALLOWED_OPS = frozenset("""
     tan tanh tensor_split to _to_copy topk transpose tril triu trunc type_as unbind unflatten unsqueeze
     upsample_bilinear2d upsample_nearest2d var var_mean view view_as where zero_ zeros zeros_like
     _assert_tensor_metadata _assert_scalar _assert_async sym_constrain_range_for_size _softmax _log_softmax
-    _native_batch_norm_legit_no_training
-""".split())
+    _native_batch_norm_legit_no_training _upsample_bilinear2d_aa
+""".split())  # _upsample_bilinear2d_aa: OFT's antialiased resize to the towers' size (a pure resampling kernel)
 # arithmetic on symbolic sizes (torch.export's _SYM_OPS), as torch.export names them
 ALLOWED_PYTHON_TARGETS = frozenset(
     [f"_operator.{op}" for op in ("eq ne le ge lt gt neg pos mul add sub floordiv mod pow truediv and_ or_".split())]
@@ -591,6 +617,23 @@ def _network(program: dict, tensors: dict[str, torch.Tensor]) -> torch.nn.Module
     return deserialize(SerializedArtifact(program_bytes, state_dict, constants, b"")).module()
 
 
+def _check_conventions(directory: Path, pre: dict, post: dict) -> None:
+    """Refuse image / gripper conventions this runtime does not know (absent keys are svrl's: no change)."""
+    resize, gripper = pre.get("image_resize", "none"), post.get("gripper_convention", "env")
+    if resize not in IMAGE_RESIZES or gripper not in GRIPPER_CONVENTIONS:
+        raise BundleError(f"bundle {directory}: image_resize {resize!r} / gripper_convention {gripper!r} is none that "
+                          f"this runtime knows ({list(IMAGE_RESIZES)} / {list(GRIPPER_CONVENTIONS)}); {REFETCH}")
+    sizes = (pre.get("image_resize_to", 224), pre.get("image_jpeg_quality", 95))
+    if resize != "none" and not (type(sizes[0]) is int and 1 <= sizes[0] <= 4096
+                                 and type(sizes[1]) is int and 1 <= sizes[1] <= 100):
+        raise BundleError(f"bundle {directory}: image_resize_to / image_jpeg_quality {sizes} are not a side in "
+                          f"[1, 4096] and a quality in [1, 100]; {REFETCH}")
+    dim = post.get("gripper_dim", -1)
+    if gripper != "env" and not (type(dim) is int and -post["action_dim"] <= dim < post["action_dim"]):
+        raise BundleError(f"bundle {directory}: gripper_dim {dim!r} is no dim of a {post['action_dim']}-D action; "
+                          f"{REFETCH}")
+
+
 class BundlePolicy:
     """A bundle's network and pre/postprocessing. `signing_key` (bytes): also require manifest.sig to be
     the HMAC-SHA256 of manifest.json under that key; without it an unsigned bundle loads."""
@@ -617,6 +660,7 @@ class BundlePolicy:
         if self.spec["postprocessing"]["decoding"] not in DECODINGS:
             raise BundleError(f"bundle {directory}: decoding {self.spec['postprocessing']['decoding']!r} is none "
                               f"that this runtime knows ({list(DECODINGS)}); export it again with this svrl version")
+        _check_conventions(directory, self.spec["preprocessing"], self.spec["postprocessing"])
         tokenizer = self.spec["preprocessing"].get("tokenizer_file")
         if tokenizer is not None and (not isinstance(tokenizer, str) or tokenizer not in files):
             raise BundleError(f"bundle {directory}: {MANIFEST} does not list {tokenizer!r}, the tokenizer {SPEC} "
@@ -645,9 +689,20 @@ class BundlePolicy:
         if images.shape[1:] != (pre["image_height"], pre["image_width"], 3) or images.dtype != np.uint8:
             raise ValueError(f"expected uint8 images (B, {pre['image_height']}, {pre['image_width']}, 3), "
                              f"got {images.dtype} {images.shape}")
+        images = self._model_images(images, pre)
         image_tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
         states = self._normalize_state(np.asarray(proprio, np.float64), pre)
         return image_tensor, torch.from_numpy(states.astype(np.float32)), torch.from_numpy(self._encode(instructions))
+
+    @staticmethod
+    def _model_images(images: np.ndarray, pre: dict) -> np.ndarray:
+        """Upright (B, H, W, 3) frames -> the images the network was trained on: mirrored left-right and/or
+        JPEG + lanczos3 resized, as bundle.json says (upstream LIBERO checkpoints); unchanged by default."""
+        if pre.get("image_mirror_left_right", False):
+            images = images[:, :, ::-1]
+        if pre.get("image_resize", "none") == "jpeg-lanczos3":
+            images = jpeg_lanczos3_resize(images, pre["image_resize_to"], pre["image_jpeg_quality"])
+        return images
 
     @staticmethod
     def _normalize_state(proprio: np.ndarray, pre: dict) -> np.ndarray:
@@ -687,8 +742,9 @@ class BundlePolicy:
         return ids
 
     def bins_to_actions(self, bins: np.ndarray, proprio: np.ndarray | None = None) -> np.ndarray:
-        """(B, K, D) bins -> (B, K, D) actions: bin centre, undo the q01/q99 scaling, binarize grippers, and
-        add the proprio (B, D) to the dims that are relative to it."""
+        """(B, K, D) bins -> (B, K, D) actions: bin centre, undo the q01/q99 scaling, binarize grippers,
+        add the proprio (B, D) to the dims that are relative to it, and map a gripper modelled in [0, 1]
+        (1 = open) to the env's -1 open / +1 close as -sign(2 g - 1)."""
         post = self.spec["postprocessing"]
         if post.get("binning", "uniform") == "openvla":  # 256 edges, 255 centres; the top bin decodes as the one below
             edges = np.linspace(-1.0, 1.0, post["n_bins"])
@@ -702,11 +758,15 @@ class BundlePolicy:
         binary = np.asarray(post.get("binary_mask", [False] * len(low)), bool)  # grippers: low or high, the nearer
         actions = np.where(binary, np.where(actions >= (low + high) / 2, high, low), actions).astype(np.float32)
         relative = np.asarray(post.get("relative_mask", [False] * len(low)), bool)
-        if not relative.any():
-            return actions
-        if proprio is None:
-            raise BundleError("this bundle's actions are relative to the proprio: pass it to bins_to_actions")
-        return (actions + np.where(relative, np.asarray(proprio, np.float64), 0.0)[:, None, :]).astype(np.float32)
+        if relative.any():
+            if proprio is None:
+                raise BundleError("this bundle's actions are relative to the proprio: pass it to bins_to_actions")
+            offset = np.where(relative, np.asarray(proprio, np.float64), 0.0)[:, None, :]  # (B, 1, D)
+            actions = (actions + offset).astype(np.float32)
+        if post.get("gripper_convention", "env") == "open_is_one":
+            dim = post["gripper_dim"]
+            actions[..., dim] = np.sign(1.0 - 2.0 * actions[..., dim])
+        return actions
 
     @torch.no_grad()
     def act_batch(self, images: np.ndarray, proprio: np.ndarray, instructions: list[str]) -> np.ndarray:

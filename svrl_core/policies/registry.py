@@ -20,6 +20,12 @@ def load_policy(directory: str | Path, cfg: PolicyConfig) -> VLAPolicy:
     return policy.configure(cfg.oft) if isinstance(policy, OpenVLAOFTPolicy) else policy
 
 
-def new_policy(cfg: PolicyConfig, data: DemoDataset, seed: int) -> VLAPolicy:
-    """The policy SFT starts from: `cfg.family`, sized for `data` (or loaded from cfg's checkpoint)."""
+def new_policy(cfg: PolicyConfig, data: DemoDataset, seed: int, adopt: bool = False) -> VLAPolicy:
+    """The policy SFT starts from: `cfg.family`, sized for `data` (or loaded from cfg's checkpoint);
+    `adopt` (sft.steps: 0): the brought checkpoint as the SFT output."""
+    if adopt:
+        if cfg.family != OpenVLAOFTPolicy.family:
+            raise ValueError(f"sft.steps: 0 adopts policy.oft.checkpoint (policy.family openvla-oft); {cfg.family} "
+                             "policies start from scratch: set sft.steps > 0")
+        return new_oft_policy(cfg, data, seed, adopt=True)
     return _BUILDERS[cfg.family](cfg, data, seed)

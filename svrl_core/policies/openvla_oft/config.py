@@ -34,6 +34,8 @@ class OftConfig:
     max_prompt_tokens: int = 48  # prompts are padded to this many tokens (BOS and the trailing space included)
     center_crop: float = 1.0  # fraction of the image area kept before resizing (OFT's LIBERO eval: 0.9)
     input_image_shape: tuple[int, int] = (224, 224)  # (H, W) of the env images it was trained on
+    conventions: str | None = None  # image / gripper preset (conventions.py); None: none recorded (an official
+    # release or a model not yet configured): `configure` takes the run's policy.oft.conventions
     bos_token_id: int = 1
     stop_token_id: int = 2
     space_token_id: int | None = 29871  # appended to a prompt that does not end with it (OpenVLA)

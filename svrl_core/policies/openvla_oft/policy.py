@@ -2,7 +2,8 @@
 
 A checkpoint directory is what OpenVLA / OpenVLA-OFT release: config.json, safetensors
 (one file, or shards with model.safetensors.index.json), dataset_statistics.json and
-tokenizer.json; OFT's `proprio_projector--*.pt` is read when present. svrl writes the same
+tokenizer.json; OFT's `proprio_projector--*.pt` is read when the run uses proprio (see checkpoint.py
+for the other companion files). svrl writes the same
 layout (proprio projector inside the safetensors) plus an `svrl` section in config.json,
 so its checkpoints load in the same way. Nothing is downloaded; no remote code runs.
 """
@@ -10,7 +11,8 @@ so its checkpoints load in the same way. Nothing is downloaded; no remote code r
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,12 +20,14 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from svrl_core.config import OftPolicyConfig, PolicyConfig
+from svrl_core.config import ConfigError, OftPolicyConfig, PolicyConfig
 from svrl_core.data import DemoDataset
 from svrl_core.io import atomic_directory, write_json_atomic
 from svrl_core.policies.openvla_oft.checkpoint import (STATS_FILE, WEIGHTS_FILE, load_matching_weights,
-                                                       pick_unnorm_key, read_weights)
+                                                       pick_unnorm_key, read_weights, refuse_continuous_head)
 from svrl_core.policies.openvla_oft.config import ARCHITECTURE, PROMPT, OftConfig, oft_tiny
+from svrl_core.policies.openvla_oft.conventions import (Conventions, action_tokenizer, check_settings, model_images,
+                                                        preset)
 from svrl_core.policies.openvla_oft.lora import add_lora, has_lora, load_merged, merged_state_dict
 from svrl_core.policies.openvla_oft.model import OpenVLAOFT
 from svrl_core.policies.openvla_oft.prompt import TOKENIZER_FILE, PromptEncoder, byte_tokenizer, load_tokenizer
@@ -31,6 +35,7 @@ from svrl_core.policies.policy import CheckpointError, PolicyInputs, VLAPolicy, 
 from svrl_core.policies.tokenizer import ActionTokenizer
 
 SVRL_UNNORM_KEY = "svrl"
+log = logging.getLogger("svrl")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -44,9 +49,19 @@ class OpenVLAOFTPolicy(VLAPolicy):
     proprio_high: np.ndarray  # (S,) q99, mapped to 1
     dataset_stats: dict  # dataset_statistics.json: {unnorm_key: {"action": ..., "proprio": ...}}
 
+    def __post_init__(self) -> None:
+        # env actions <-> bins under the checkpoint's gripper convention: SFT labels (actions.encode) and
+        # executed actions (bins_to_actions -> actions.decode) both go through this one tokenizer
+        self.actions = action_tokenizer(self.conventions, self.actions)
+
     @property
     def cfg(self) -> OftConfig:
         return self.model.cfg
+
+    @property
+    def conventions(self) -> Conventions:
+        """The checkpoint's image and gripper conventions (`svrl` when it records none)."""
+        return preset(self.cfg.conventions)
 
     @property
     def cameras(self) -> tuple[str, ...]:
@@ -70,11 +85,13 @@ class OpenVLAOFTPolicy(VLAPolicy):
                 "tokenizer_file": TOKENIZER_FILE, "prompt": PROMPT, "max_prompt_tokens": cfg.max_prompt_tokens,
                 "bos_token_id": cfg.bos_token_id, "space_token_id": cfg.space_token_id, "pad_token_id": cfg.pad_token_id,
                 "placeholder_token_id": self.prompts.placeholder, "stop_token_id": cfg.stop_token_id,
-                "n_action_tokens": cfg.n_action_tokens}
+                "n_action_tokens": cfg.n_action_tokens, **self.conventions.bundle_preprocessing()}
 
     def prepare_arrays(self, images: dict[str, np.ndarray], states: np.ndarray,
                        instructions: list[str]) -> PolicyInputs:
-        stacked = np.concatenate([images[c] for c in self.cameras], axis=-1)  # (B, H, W, 3 * cameras)
+        conventions = self.conventions  # upstream checkpoints: mirrored, JPEG + lanczos3 to 224; svrl: as given
+        frames = [model_images(conventions, images[c]) for c in self.cameras]  # [(B, H, W, 3)]
+        stacked = np.concatenate(frames, axis=-1)  # (B, H, W, 3 * cameras)
         span = np.where(self.proprio_high > self.proprio_low, self.proprio_high - self.proprio_low, 1.0)
         proprio = np.clip(2.0 * (np.asarray(states, np.float64) - self.proprio_low) / span - 1.0, -1.0, 1.0)
         return PolicyInputs(torch.from_numpy(np.ascontiguousarray(stacked)).permute(0, 3, 1, 2).contiguous(),
@@ -82,13 +99,37 @@ class OpenVLAOFTPolicy(VLAPolicy):
                             torch.from_numpy(self.prompts.encode(instructions)))
 
     def configure(self, oft: OftPolicyConfig) -> "OpenVLAOFTPolicy":
-        """Apply the run's LoRA, dtype, device and gradient checkpointing (not stored in checkpoints)."""
+        """Apply the run's LoRA, dtype, device and gradient checkpointing (not stored in checkpoints), and
+        settle the conventions (stored): see `settle_conventions`."""
+        self.settle_conventions(oft.conventions)
         if oft.lora_rank and not has_lora(self.model):
             add_lora(self.model, oft.lora_rank, oft.lora_alpha)
         self.model.to(dtype=DTYPES[oft.dtype], device=oft.device)
         if oft.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
         return self
+
+    def settle_conventions(self, name: str) -> None:
+        """Adopt the run's `policy.oft.conventions` if the checkpoint records none (an official release, a
+        fresh model); refuse a different one than it records (it was trained under that one). Then check
+        the policy's layout against them: a ConfigError for what would train wrongly, a logged warning for
+        what differs from the released checkpoints."""
+        recorded = self.cfg.conventions
+        if recorded is not None and recorded != name:
+            raise ConfigError(f"policy.oft.conventions: this checkpoint was trained with {recorded!r}, the run sets "
+                              f"{name!r}: set policy.oft.conventions: {recorded}")
+        if recorded is None:
+            self.model.cfg = replace(self.cfg, conventions=name)
+            self.prompts.cfg = self.model.cfg
+            self.actions = action_tokenizer(self.conventions, self.actions)
+        unnormalized = [d for d, normalized in enumerate(self.actions.normalize_mask) if not normalized]
+        mismatches = check_settings(self.conventions, self.cameras, self.cfg.proprio_dim > 0, self.cfg.center_crop,
+                                    unnormalized, self.action_dim, self.cfg.input_image_shape[1])
+        errors = [m.text for m in mismatches if m.severity == "error"]
+        if errors:
+            raise ConfigError("; ".join(errors))
+        for mismatch in mismatches:
+            log.warning("%s", mismatch.text)
 
     # --- persistence -----------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
@@ -114,13 +155,11 @@ class OpenVLAOFTPolicy(VLAPolicy):
         return load_oft_checkpoint(directory, name)
 
 
-def load_oft_checkpoint(directory: Path, name: str | Path, unnorm_key: str | None = None,
-                        **overrides) -> OpenVLAOFTPolicy:
-    """An OpenVLA / OpenVLA-OFT / svrl checkpoint directory -> policy.
+def read_oft_model(directory: Path, name: str | Path, **overrides) -> tuple[OpenVLAOFT, PromptEncoder, dict]:
+    """An OpenVLA / OpenVLA-OFT / svrl checkpoint directory's network, prompt encoder and config.json.
 
     `overrides` set what an official config.json does not say (chunk_size, action_dim, cameras,
-    proprio_dim); `unnorm_key` picks the dataset statistics (needed when there are several).
-    """
+    proprio_dim, ...)."""
     config = directory / "config.json"
     if not config.is_file():
         raise CheckpointError(f"{name}: not an OpenVLA checkpoint directory, missing ['config.json']")
@@ -134,22 +173,33 @@ def load_oft_checkpoint(directory: Path, name: str | Path, unnorm_key: str | Non
     if svrl.get("architecture", ARCHITECTURE) != ARCHITECTURE:
         raise CheckpointError(f"{name}: svrl architecture {svrl['architecture']!r}, this code loads {ARCHITECTURE!r}")
     try:
+        tokenizer = load_tokenizer(directory)
+    except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exception for a corrupt file
+        raise CheckpointError(f"{name}: {err}") from None
+    if not svrl:  # OpenVLA appends the word-boundary token to each prompt: Llama's id 29871
+        overrides.setdefault("space_token_id", tokenizer.token_to_id("\u2581"))
+    try:
         cfg = OftConfig.from_openvla_config(raw, **overrides)
         model = OpenVLAOFT(cfg)
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{name}: config.json does not describe a model svrl can build ({err})") from None
-    load_matching_weights(model, read_weights(directory, name), name)
-    model.eval()
+    load_matching_weights(model, read_weights(directory, name, proprio=cfg.proprio_dim > 0), name)
+    return model.eval(), PromptEncoder(tokenizer, cfg), raw
+
+
+def load_oft_checkpoint(directory: Path, name: str | Path, unnorm_key: str | None = None,
+                        **overrides) -> OpenVLAOFTPolicy:
+    """A checkpoint to act with as it is (evaluation, RL, or adopted by `sft.steps: 0`), with its own dataset
+    statistics `unnorm_key` (needed when it has several). A checkpoint that acts through a continuous
+    head is refused: its action tokens were never trained."""
+    refuse_continuous_head(directory, name)
+    model, prompts, raw = read_oft_model(directory, name, **overrides)
     try:
         stats = json.loads((directory / STATS_FILE).read_text()) if (directory / STATS_FILE).is_file() \
             else raw["norm_stats"]
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"{name}: no readable {STATS_FILE} or config.json norm_stats ({err})") from None
-    key = pick_unnorm_key(stats, unnorm_key or svrl.get("unnorm_key"), name)
-    try:
-        prompts = PromptEncoder(load_tokenizer(directory), cfg)
-    except Exception as err:  # noqa: BLE001 - tokenizers raises plain Exception for a corrupt file
-        raise CheckpointError(f"{name}: {err}") from None
+    key = pick_unnorm_key(stats, unnorm_key or raw.get("svrl", {}).get("unnorm_key"), name)
     return policy_from_stats(model, prompts, stats, key)
 
 
@@ -167,8 +217,11 @@ def policy_from_stats(model: OpenVLAOFT, prompts: PromptEncoder, stats: dict, ke
                             np.asarray(proprio["q99"], np.float64), {key: stats[key]})
 
 
-def new_oft_policy(cfg: PolicyConfig, data: DemoDataset, seed: int) -> OpenVLAOFTPolicy:
-    """The SFT start: `policy.oft.checkpoint` if set (e.g. an OpenVLA release), else fresh at `policy.oft.size`."""
+def new_oft_policy(cfg: PolicyConfig, data: DemoDataset, seed: int, adopt: bool = False) -> OpenVLAOFTPolicy:
+    """The SFT start: `policy.oft.checkpoint` if set (e.g. an OpenVLA release), else fresh at `policy.oft.size`.
+
+    Fine-tuning acts with the demonstrations' statistics, whatever the checkpoint's (as OFT's fine-tuning
+    does). `adopt` (sft.steps: 0) takes the checkpoint as the SFT output, acting with its own statistics."""
     oft = cfg.oft
     cameras = tuple(oft.cameras or [next(iter(data.images))])
     missing = [c for c in cameras if c not in data.images]
@@ -179,10 +232,16 @@ def new_oft_policy(cfg: PolicyConfig, data: DemoDataset, seed: int) -> OpenVLAOF
                  max_prompt_tokens=oft.max_prompt_tokens or (48 if oft.checkpoint else 160), center_crop=oft.center_crop,
                  input_image_shape=tuple(data.images[cameras[0]].shape[1:3]))
     stats = demo_statistics(data, cfg.unnormalized_action_dims)
-    if oft.checkpoint:
+    if adopt:
+        if not oft.checkpoint:
+            raise ValueError("sft.steps: 0 takes policy.oft.checkpoint as the SFT output: set it, or train (steps > 0)")
         policy = load_oft_checkpoint(Path(oft.checkpoint), oft.checkpoint, oft.unnorm_key, **shape)
-        if oft.unnorm_key is None:  # fine-tuning on these demos: their statistics, as OFT's fine-tuning does
-            policy = policy_from_stats(policy.model, policy.prompts, stats, SVRL_UNNORM_KEY)
+    elif oft.checkpoint:
+        model, prompts, _ = read_oft_model(Path(oft.checkpoint), oft.checkpoint, **shape)
+        if oft.unnorm_key:
+            log.info("fine-tuning acts with the demonstrations' statistics; policy.oft.unnorm_key %r applies to "
+                     "a checkpoint adopted as it is (sft.steps: 0)", oft.unnorm_key)
+        policy = policy_from_stats(model, prompts, stats, SVRL_UNNORM_KEY)
     else:
         torch.manual_seed(seed)
         tokenizer = byte_tokenizer(cfg.n_bins) if oft.size == "tiny" else None
