@@ -6,20 +6,39 @@ STAMP := $(VENV)/.svrl-setup-done
 SYSTEM_PACKAGES := git g++ make python3-venv libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 libglvnd0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup run repro test bench ui ui-down deploy push pull
+.PHONY: setup print-torch-variant run repro test bench ui ui-down deploy push pull
 REMOTE ?= local  # a DVC remote in .dvc/config: local (a directory) or s3 (AWS_* variables)
+# torch's build: cpu or cuda; empty: cuda where `nvidia-smi -L` lists a GPU (infra/system/torch_variant.sh).
+TORCH_VARIANT ?=
+# An extra package index for torch's build, where the configured one lacks it (infra/README.md).
+TORCH_INDEX_URL ?=
+SELECT_TORCH = TORCH_VARIANT='$(TORCH_VARIANT)' TORCH_INDEX_URL='$(TORCH_INDEX_URL)' bash infra/system/torch_variant.sh
+
+# The stamp holds the variant installed; asking for the other one explicitly installs again.
+ifneq ($(TORCH_VARIANT),)
+ifneq ($(TORCH_VARIANT),$(shell cat $(STAMP) 2>/dev/null))
+.PHONY: $(STAMP)
+endif
+endif
 
 setup: $(STAMP)
 
-$(STAMP): requirements.lock pyproject.toml Makefile infra/system/install-vulkan.sh
+print-torch-variant:  # what `make setup` would install, and with which pip arguments; installs nothing
+	@$(SELECT_TORCH)
+
+$(STAMP): requirements.lock requirements-cuda.lock pyproject.toml Makefile infra/system/install-vulkan.sh \
+          infra/system/torch_variant.sh
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing; fi
 	bash infra/system/install-vulkan.sh  # Mesa 25's Vulkan for SAPIEN (RoboTwin tasks)
 	test -x $(PY) || python3.11 -m venv $(VENV)
-	$(PY) -m pip install -q -r requirements.lock
+	selection=$$($(SELECT_TORCH)) && eval "$$selection" && \
+	  $(PY) -m pip install -q $$pip_args && \
+	  { [ "$$variant" = cpu ] || $(PY) -c 'import torch; assert torch.version.cuda, f"torch {torch.__version__} has no CUDA"'; } && \
+	  echo "$$variant" > $(STAMP).variant
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	$(PY) -c 'from svrl_core.training.engine import prebuild_ops; prebuild_ops()'  # DeepSpeed CPU comm op, once
-	touch $(STAMP)
+	mv $(STAMP).variant $(STAMP)
 
 # A named config in configs/ (e.g. `make run CONFIG=toy`) is copied over params.yaml first.
 CONFIG ?=

@@ -2,8 +2,10 @@
 
     python -m infra.dask.slurm [--spec infra/dask/slurm.yaml] [--print-job-script]
 
-Keep it running; put the printed address in params.yaml (compute.scheduler_address) and run
-the pipeline from any machine that reaches it.
+Run it from the repository root (the jobs start there and activate its .venv). Keep it running;
+put the printed address in params.yaml (compute.scheduler_address) and run the pipeline from any
+machine that reaches it, or submit the GPU driver with it:
+`sbatch --export=ALL,SVRL_SCHEDULER=<address> infra/slurm/driver.sbatch`.
 """
 
 from __future__ import annotations
