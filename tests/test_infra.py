@@ -21,6 +21,9 @@ def test_slurm_spec_renders_a_job_script():
     finally:
         cluster.close()
     assert n_jobs >= 1
+    # the checkout's venv on the worker node, not the submitting machine's interpreter path
+    assert 'cd "$SLURM_SUBMIT_DIR"' in script and 'source "${SVRL_VENV:-.venv}/bin/activate"' in script
+    assert "\npython -m distributed.cli.dask_worker" in script
     assert "#SBATCH -p cpu" in script and "#SBATCH --exclusive" in script and "export MUJOCO_GL=egl" in script
     assert "--nthreads 1" in script and "--nworkers 8" in script
 

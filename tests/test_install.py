@@ -201,22 +201,6 @@ def test_env_workers_get_the_measured_memory():
     assert f"{int(slurm['walltime'].split(':')[0])} h walltime" in readme
 
 
-def test_slurm_workers_run_the_checkouts_venv_not_the_submitters_interpreter():
-    from dask_jobqueue import SLURMCluster
-
-    from infra.dask.slurm import load_spec
-
-    options, _ = load_spec(ROOT / "infra/dask/slurm.yaml")
-    cluster = SLURMCluster(**options)
-    try:
-        script = cluster.job_script()
-    finally:
-        cluster.close()
-    assert 'cd "$SLURM_SUBMIT_DIR"' in script and 'source "${SVRL_VENV:-.venv}/bin/activate"' in script
-    assert "\npython -m distributed.cli.dask_worker" in script
-    assert sys.executable not in script and str(ROOT) not in script
-
-
 def test_the_slurm_gpu_driver_runs_the_pipeline_on_the_nodes_gpus():
     text = (ROOT / "infra/slurm/driver.sbatch").read_text()
     directives = dict(re.findall(r"^#SBATCH (\S+?)[ =](\S+)", text, re.M))
