@@ -157,7 +157,12 @@ class ComputeConfig(Section):
 
     n_workers: int = Field(2, ge=1, le=1024, description="Dask env workers (LocalCluster)")
     envs_per_worker: int = Field(64, ge=1, le=4096)
-    scheduler_address: str | None = Field(None, description="tcp://host:port of a running Dask scheduler")
+    scheduler_address: str | None = Field(None, description="tcp://host:port (or tls://) of a running Dask "
+                                          "scheduler")
+    tls_ca_file: str | None = Field(None, description="with a tls:// scheduler_address: the CA (PEM) that signed "
+                                    "the cluster's certificates; the driver then shows tls_cert_file / tls_key_file")
+    tls_cert_file: str | None = Field(None, description="this driver's TLS certificate (PEM), signed by tls_ca_file")
+    tls_key_file: str | None = Field(None, description="the private key (PEM) of tls_cert_file")
     connect_timeout_s: float = Field(90.0, gt=0, le=3600, description="give up on an unreachable scheduler after this")
     max_worker_failures: int = Field(3, ge=0, le=1000, description="env worker losses tolerated per rollout pool")
     env_call_timeout_s: float = Field(600.0, gt=0, le=86_400, description="an env reset/step call on a worker "
@@ -179,6 +184,11 @@ class ComputeConfig(Section):
     def _positive_ranks(self) -> "ComputeConfig":
         if isinstance(self.ranks, int) and not 1 <= self.ranks <= 1024:
             raise ValueError(f"ranks must be 1-1024 or 'gpus', got {self.ranks}")
+        tls = (self.tls_ca_file, self.tls_cert_file, self.tls_key_file)
+        if any(tls) and not all(tls):
+            raise ValueError("TLS to the Dask scheduler needs tls_ca_file, tls_cert_file and tls_key_file together")
+        if all(tls) and not (self.scheduler_address or "").startswith("tls://"):
+            raise ValueError(f"TLS files are set but scheduler_address {self.scheduler_address!r} is not tls://")
         return self
 
     def rank_count(self) -> int:

@@ -7,7 +7,7 @@ import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator, TypeVar
 
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, Security
 
 from svrl_core.config import ComputeConfig, EnvConfig
 from svrl_core.rollout.dask_pool import DaskEnvPool
@@ -26,7 +26,7 @@ def dask_client(cfg: ComputeConfig, ranks: Ranks = Ranks()) -> Iterator[Client]:
     within `connect_timeout_s`."""
     if cfg.scheduler_address:
         try:
-            client = Client(cfg.scheduler_address, timeout=cfg.connect_timeout_s)
+            client = Client(cfg.scheduler_address, timeout=cfg.connect_timeout_s, security=dask_security(cfg))
         except (OSError, TimeoutError) as err:
             raise RuntimeError(f"compute.scheduler_address={cfg.scheduler_address!r}: no Dask scheduler answered "
                                f"within {cfg.connect_timeout_s:g}s ({err}); start one or set it to null") from None
@@ -43,6 +43,14 @@ def dask_client(cfg: ComputeConfig, ranks: Ranks = Ranks()) -> Iterator[Client]:
             yield client
     finally:
         close_local_cluster(cluster)
+
+
+def dask_security(cfg: ComputeConfig) -> Security | None:
+    """Mutual TLS to the scheduler (and through it the workers) when the config names certificates."""
+    if not cfg.tls_ca_file:
+        return None
+    return Security(tls_ca_file=cfg.tls_ca_file, tls_client_cert=cfg.tls_cert_file, tls_client_key=cfg.tls_key_file,
+                    require_encryption=True)
 
 
 def close_local_cluster(cluster: LocalCluster) -> None:

@@ -1,0 +1,62 @@
+"""A Dask cluster secured with TLS: the driver with certificates signed by the cluster's CA runs rollouts
+on it; a client whose certificate the CA did not sign is refused."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from distributed import Client, LocalCluster, Security
+
+from svrl_core.config import ComputeConfig, ConfigError, parse_params
+from svrl_core.rollout import EpisodeRequest, LocalEnvPool, run_episodes
+from svrl_core.rollout.dask_pool import DaskEnvPool
+from tasks.cluster import dask_client
+
+
+def self_signed(directory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and its key."""
+    directory.mkdir()
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    return str(cert), str(key)
+
+
+@pytest.fixture()
+def certificate(tmp_path):
+    """The cluster's: one certificate acting as the CA and as every party's certificate."""
+    return self_signed(tmp_path / "cluster")
+
+
+def test_a_tls_cluster_runs_rollouts_and_refuses_a_client_it_did_not_certify(certificate, tiny_policy, tiny_params):
+    cert, key = certificate
+    security = Security(tls_ca_file=cert, tls_scheduler_cert=cert, tls_scheduler_key=key, tls_worker_cert=cert,
+                        tls_worker_key=key, tls_client_cert=cert, tls_client_key=key, require_encryption=True)
+    requests = [EpisodeRequest(task, seed) for task in tiny_params.env.tasks for seed in range(2)]
+    expected = run_episodes(tiny_policy, LocalEnvPool(tiny_params.env, 4), requests, temperature=None)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, protocol="tls", security=security,
+                      dashboard_address=None, host="127.0.0.1") as cluster:
+        assert cluster.scheduler_address.startswith("tls://")
+        compute = ComputeConfig(scheduler_address=cluster.scheduler_address, envs_per_worker=4, connect_timeout_s=30,
+                                tls_ca_file=cert, tls_cert_file=cert, tls_key_file=key)
+        with dask_client(compute) as client:
+            pool = DaskEnvPool(client, tiny_params.env, compute)
+            episodes = run_episodes(tiny_policy, pool, requests, temperature=None)
+            pool.close()
+        assert [(e.success, e.steps) for e in episodes] == [(e.success, e.steps) for e in expected]
+        other_cert, other_key = self_signed(Path(cert).parent.parent / "stranger")
+        stranger = Security(tls_ca_file=cert, tls_client_cert=other_cert, tls_client_key=other_key,
+                            require_encryption=True)
+        with pytest.raises((OSError, TimeoutError)):  # a certificate the cluster's CA did not sign
+            Client(cluster.scheduler_address, timeout=5, security=stranger)
+
+
+def test_tls_files_come_together_and_need_a_tls_address():
+    with pytest.raises(ConfigError, match="tls_ca_file, tls_cert_file and tls_key_file together"):
+        parse_params({"compute": {"scheduler_address": "tls://h:8786", "tls_ca_file": "ca.pem"}})
+    with pytest.raises(ConfigError, match="is not tls://"):
+        parse_params({"compute": {"scheduler_address": "tcp://h:8786", "tls_ca_file": "a", "tls_cert_file": "b",
+                                  "tls_key_file": "c"}})
