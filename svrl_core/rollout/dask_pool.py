@@ -59,10 +59,11 @@ class DaskEnvPool:
     def __init__(self, client: Client, env_cfg: EnvConfig, compute: ComputeConfig,
                  group_cls: type[EnvGroup] = EnvGroup, group_args: tuple = (), ranks: Ranks = Ranks()):
         everyone = sorted(client.scheduler_info(n_workers=-1)["workers"])
-        workers = everyone[ranks.rank::ranks.world]
+        workers = usable_workers(client, everyone[ranks.rank::ranks.world])
         if not workers:
-            raise RuntimeError(f"DaskEnvPool: the Dask cluster has {len(everyone)} workers, none left for rank "
-                               f"{ranks.rank} of {ranks.world}: start at least one worker per rank")
+            raise RuntimeError(f"DaskEnvPool: the Dask cluster has {len(everyone)} workers, none usable by rank "
+                               f"{ranks.rank} of {ranks.world}: start at least one worker per rank with svrl "
+                               "installed (the log names the others and why)")
         self.client, self.env_cfg, self.compute = client, env_cfg, compute
         self.group_cls, self.group_args = group_cls, group_args
         self.envs_per_worker, self.pipeline_stages = compute.envs_per_worker, compute.pipeline_stages
@@ -218,6 +219,23 @@ class DaskEnvPool:
                 _result(call, deadline)
             except Exception as err:  # a dead or stuck worker: its envs go with the process
                 logger.warning("closing the envs on %s: %s", actor._address, _describe(err))
+
+
+def _imports_svrl() -> bool:
+    import svrl_core.envs  # noqa: F401  (what an env actor needs; raises where svrl is not installed)
+
+    return True
+
+
+def usable_workers(client: Client, workers: list[str]) -> list[str]:
+    """The workers that can import svrl; each other one is named in the log with the cause and left out
+    (a worker without svrl would otherwise fail its env actor, which the scheduler quietly moves elsewhere)."""
+    answers = client.run(_imports_svrl, workers=workers, on_error="return") if workers else {}
+    for worker, answer in sorted(answers.items()):
+        if answer is not True:
+            logger.warning("env worker %s cannot run svrl's envs (%s): left out; install svrl there (`make setup` "
+                           "or the image)", worker, _describe(answer))
+    return [worker for worker in workers if answers.get(worker) is True]
 
 
 def _start_call(actor, method: str, *args):

@@ -1,9 +1,14 @@
-"""A Dask cluster secured with TLS: the driver with certificates signed by the cluster's CA runs rollouts
-on it; a client whose certificate the CA did not sign is refused."""
+"""Env workers on a Dask cluster: one secured with TLS (the driver with certificates signed by the cluster's
+CA runs rollouts on it, a client whose certificate the CA did not sign is refused), and a worker without
+svrl, named in the log and left out."""
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,3 +65,33 @@ def test_tls_files_come_together_and_need_a_tls_address():
     with pytest.raises(ConfigError, match="is not tls://"):
         parse_params({"compute": {"scheduler_address": "tcp://h:8786", "tls_ca_file": "a", "tls_cert_file": "b",
                                   "tls_key_file": "c"}})
+
+
+# A dask worker that cannot import svrl: without the editable install's import hooks, outside the checkout, and in
+# this one process (a nanny would start the worker in a fresh interpreter, hooks and all).
+WORKER_WITHOUT_SVRL = (
+    "import sys; from_editable = lambda hook: getattr(hook, '__module__', '').startswith('__editable__');"
+    "sys.meta_path[:] = [f for f in sys.meta_path if not from_editable(f)];"
+    "sys.path_hooks[:] = [h for h in sys.path_hooks if not from_editable(h)]; sys.path_importer_cache.clear();"
+    "from distributed.cli.dask_worker import main; sys.argv[0] = 'dask-worker'; main()")
+
+
+def test_a_worker_without_svrl_is_named_with_the_cause_and_left_out(tmp_path, tiny_params, caplog):
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        bare = subprocess.Popen([sys.executable, "-c", WORKER_WITHOUT_SVRL, cluster.scheduler_address, "--nthreads",
+                                 "1", "--no-dashboard", "--no-nanny", "--name", "bare-worker"], cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with Client(cluster) as client:
+                client.wait_for_workers(2, timeout=60)
+                bare_address = next(address for address, info in client.scheduler_info(n_workers=-1)["workers"].items()
+                                    if info["name"] == "bare-worker")
+                caplog.set_level(logging.WARNING, logger="svrl")
+                pool = DaskEnvPool(client, tiny_params.env, ComputeConfig(envs_per_worker=2))
+                assert pool.capacity == 2 and [actor._address for actor in pool.actors] != [bare_address]
+                assert re.search(rf"env worker {bare_address} cannot run svrl's envs \(.*No module named "
+                                 r"'svrl_core'.*\): left out", caplog.text)
+                pool.close()
+        finally:
+            bare.terminate()
+            bare.wait(30)
