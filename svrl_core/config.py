@@ -163,7 +163,10 @@ class ComputeConfig(Section):
                                     "the cluster's certificates; the driver then shows tls_cert_file / tls_key_file")
     tls_cert_file: str | None = Field(None, description="this driver's TLS certificate (PEM), signed by tls_ca_file")
     tls_key_file: str | None = Field(None, description="the private key (PEM) of tls_cert_file")
-    connect_timeout_s: float = Field(90.0, gt=0, le=3600, description="give up on an unreachable scheduler after this")
+    connect_timeout_s: float = Field(90.0, gt=0, le=3600, description="give up on an unreachable scheduler, or one "
+                                     "with fewer than min_workers workers, after this")
+    min_workers: int = Field(1, ge=1, le=100_000, description="with scheduler_address: workers that must have "
+                             "joined (per rank) before a stage starts")
     max_worker_failures: int = Field(3, ge=0, le=1000, description="env worker losses tolerated per rollout pool")
     env_call_timeout_s: float = Field(600.0, gt=0, le=86_400, description="an env reset/step call on a worker "
                                       "that takes longer counts as a lost worker: restarted, its episodes re-run")

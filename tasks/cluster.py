@@ -22,8 +22,8 @@ def dask_client(cfg: ComputeConfig, ranks: Ranks = Ranks()) -> Iterator[Client]:
     """Connect to `scheduler_address`, or start a LocalCluster of `n_workers` single-thread processes
     (each rank of a multi-rank run its own).
 
-    Either way the client is handed out only once workers answer (a shared scheduler: one per rank),
-    within `connect_timeout_s`."""
+    Either way the client is handed out only once workers answer (a shared scheduler: `min_workers` per
+    rank), within `connect_timeout_s`."""
     if cfg.scheduler_address:
         try:
             client = Client(cfg.scheduler_address, timeout=cfg.connect_timeout_s, security=dask_security(cfg))
@@ -31,7 +31,7 @@ def dask_client(cfg: ComputeConfig, ranks: Ranks = Ranks()) -> Iterator[Client]:
             raise RuntimeError(f"compute.scheduler_address={cfg.scheduler_address!r}: no Dask scheduler answered "
                                f"within {cfg.connect_timeout_s:g}s ({err}); start one or set it to null") from None
         with client:
-            _wait_for_workers(client, ranks.world, cfg, f"the scheduler at {cfg.scheduler_address}")
+            _wait_for_workers(client, cfg.min_workers * ranks.world, cfg, f"the scheduler at {cfg.scheduler_address}")
             yield client
         return
     cluster = _with_deadline(lambda: LocalCluster(n_workers=cfg.n_workers, threads_per_worker=1, processes=True,

@@ -224,6 +224,18 @@ def test_rollouts_on_a_separately_started_scheduler(tiny_policy, tiny_params, se
     assert [(t.success, t.steps) for t in remote] == [(t.success, t.steps) for t in local]
 
 
+def test_a_stage_waits_for_min_workers_and_says_when_they_do_not_come(tiny_params, separate_dask_cluster):
+    from tasks.cluster import env_pool
+
+    compute = tiny_params.compute.model_copy(update={"scheduler_address": separate_dask_cluster, "min_workers": 3,
+                                                     "connect_timeout_s": 2})
+    with pytest.raises(RuntimeError, match=r"fewer than 3 worker\(s\) within compute.connect_timeout_s=2s"):
+        with env_pool(tiny_params.env, compute):
+            pass
+    with env_pool(tiny_params.env, compute.model_copy(update={"min_workers": 2})) as pool:
+        assert len(pool.actors) == 2
+
+
 @pytest.mark.integration
 def test_unreachable_scheduler_fails_within_the_timeout(tiny_params):
     import time
