@@ -167,7 +167,10 @@ class ComputeConfig(Section):
                                      "with fewer than min_workers workers, after this")
     min_workers: int = Field(1, ge=1, le=100_000, description="with scheduler_address: workers that must have "
                              "joined (per rank) before a stage starts")
-    max_worker_failures: int = Field(3, ge=0, le=1000, description="env worker losses tolerated per rollout pool")
+    max_worker_failures: int = Field(3, ge=0, le=1000, description="env worker losses tolerated within "
+                                     "worker_loss_window_s; one more ends the stage")
+    worker_loss_window_s: float = Field(600.0, gt=0, le=604_800, description="losses older than this no longer "
+                                        "count, so losses spread over a long run do not add up to its end")
     env_call_timeout_s: float = Field(600.0, gt=0, le=86_400, description="an env reset/step call on a worker "
                                       "that takes longer counts as a lost worker: restarted, its episodes re-run")
     actor_start_timeout_s: float = Field(900.0, gt=0, le=86_400, description="give up on building a worker's "

@@ -156,6 +156,14 @@ def test_a_slow_cluster_shutdown_warns_instead_of_failing_a_finished_stage(caplo
 
 
 @pytest.mark.integration
+def test_worker_losses_count_within_the_window_only(tiny_params):
+    from svrl_core.rollout.dask_pool import DaskEnvPool
+
+    pool = object.__new__(DaskEnvPool)  # the counting alone: no cluster
+    pool.compute, pool._loss_times = tiny_params.compute.model_copy(update={"worker_loss_window_s": 60}), []
+    assert [pool._count_recent_loss(t) for t in (0.0, 30.0, 59.0, 200.0, 230.0, 261.0)] == [1, 2, 3, 1, 2, 2]
+
+
 def test_losing_workers_too_often_fails_clearly(tiny_policy, tiny_params):
     import os
     import signal

@@ -4,8 +4,9 @@ Every wait has a deadline. An actor call whose worker died ("Unable to contact A
 worker"), that raised, or that outlived `compute.env_call_timeout_s` loses that worker's
 envs: the pool answers `None` for their slots, restarts a hung worker, starts a new actor on
 a worker that is alive now (never the lost one), and the rollout loop re-runs the affected
-episodes from their initial state. After `max_worker_failures` losses the pool gives up with
-an error that names the last cause, rather than spinning.
+episodes from their initial state. After more than `max_worker_failures` losses within
+`worker_loss_window_s` the pool gives up with an error that names the last cause, rather than
+spinning; losses further apart (a long run's occasional preemption) are each survived.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class DaskEnvPool:
         self.group_cls, self.group_args = group_cls, group_args
         self.envs_per_worker, self.pipeline_stages = compute.envs_per_worker, compute.pipeline_stages
         self.worker_failures, self.losses = 0, []  # list[WorkerLoss]
+        self._loss_times: list[float] = []  # monotonic times of the losses within worker_loss_window_s
         self._lost_addresses: set[str] = set()
         self._replacing = threading.Lock()  # pipeline stages may see the same worker die at once
         starting = [(w, self._submit_actor(w)) for w in workers]  # every worker builds its envs at once
@@ -115,14 +117,15 @@ class DaskEnvPool:
         detected_at = time.time()
         while True:
             self.worker_failures += 1
+            recent = self._count_recent_loss(time.monotonic())
             logger.warning("env worker %s lost (%s); restarting its envs and re-running their episodes",
                            address, cause)
             if kind == "hung":  # its actor thread is stuck: only a new process frees it (also when giving up)
                 self._restart_worker(address)
-            if self.worker_failures > self.compute.max_worker_failures:
-                raise RuntimeError(f"DaskEnvPool: lost env workers {self.worker_failures} times (limit "
-                                   f"compute.max_worker_failures={self.compute.max_worker_failures}); giving up on "
-                                   f"this rollout. Last cause: {cause}")
+            if recent > self.compute.max_worker_failures:
+                raise RuntimeError(f"DaskEnvPool: lost env workers {recent} times within compute.worker_loss_window_s="
+                                   f"{self.compute.worker_loss_window_s:g}s (limit compute.max_worker_failures="
+                                   f"{self.compute.max_worker_failures}); giving up on this rollout. Last cause: {cause}")
             if kind != "raised":
                 self._lost_addresses.add(address)
             worker = self._live_worker(exclude=index)
@@ -134,6 +137,11 @@ class DaskEnvPool:
             self.generations[index] += 1  # after the new actor: a reader never pairs the new number with the old actor
             self.losses.append(WorkerLoss(cause, detected_at, time.time()))
             return
+
+    def _count_recent_loss(self, now: float) -> int:
+        """Record a loss at `now` (monotonic s); how many fall within the window, this one included."""
+        self._loss_times = [t for t in self._loss_times if now - t < self.compute.worker_loss_window_s] + [now]
+        return len(self._loss_times)
 
     def _restart_worker(self, address: str) -> None:
         """End a stuck worker's process from its event loop (free while its actor thread hangs), so that its
