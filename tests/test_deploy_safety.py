@@ -135,10 +135,10 @@ def test_one_robots_failure_in_a_batch_reaches_only_that_robot(bundle_dir, tiny_
 
 def test_an_instruction_the_bundle_cannot_encode_is_that_robots_422(bundle_dir, tiny_params, monkeypatch):
     with serving(bundle_dir) as running:
-        def refuses(images, proprio, instructions):  # as an OFT bundle's tokenizer refuses a prompt too long
+        def refuses(instructions):  # as an OFT bundle's tokenizer refuses a prompt too long
             raise ValueError(f"instruction {instructions[0]!r} is 300 tokens, the bundle takes 64")
 
-        monkeypatch.setattr(running.server.policy, "preprocess", refuses)
+        monkeypatch.setattr(running.server.policy, "encode_instructions", refuses)
         obs = toy_obs(tiny_params)
         with pytest.raises(BadRequest, match="300 tokens") as refused:
             running.server._checked(Observation(obs.images["main"], obs.proprio, obs.instruction))

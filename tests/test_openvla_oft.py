@@ -221,6 +221,8 @@ def test_export_bundle_acts_like_the_policy(oft_policy, oft_params, tmp_path):
                            [o.instruction for o in obs])
     expected = oft_policy.bins_to_actions(oft_policy.greedy(oft_policy.prepare(obs)))
     assert np.array_equal(got, expected)
+    with pytest.raises(ValueError, match="tokens, the bundle takes"):  # what the server answers 422 before batching
+        bundle.encode_instructions(["pick up the bowl " * 20])
     shutil.rmtree(tmp_path / "bundle")
 
 

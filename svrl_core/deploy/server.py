@@ -212,10 +212,11 @@ class PolicyServer:
             return {"type": "error", "status": 500, "error": f"inference failed: {type(err).__name__}: {err}"}
 
     def _checked(self, observation: Observation) -> Observation:
-        """Preprocess the observation alone before it joins a batch: an instruction the bundle cannot encode
-        (too many tokens) is this robot's 422, not a failed batch."""
+        """Encode the instruction alone before it joins a batch: one the bundle cannot take (an OFT bundle's
+        prompt over its token budget) is this robot's 422, not a failed batch. Images and proprio were
+        checked by parse_observation."""
         try:
-            self.policy.preprocess(observation.image[None], observation.proprio[None], [observation.instruction])
+            self.policy.encode_instructions([observation.instruction])
         except ValueError as err:
             raise BadRequest(422, str(err)) from None
         return observation

@@ -692,7 +692,7 @@ class BundlePolicy:
         images = self._model_images(images, pre)
         image_tensor = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
         states = self._normalize_state(np.asarray(proprio, np.float64), pre)
-        return image_tensor, torch.from_numpy(states.astype(np.float32)), torch.from_numpy(self._encode(instructions))
+        return image_tensor, torch.from_numpy(states.astype(np.float32)), torch.from_numpy(self.encode_instructions(instructions))
 
     @staticmethod
     def _model_images(images: np.ndarray, pre: dict) -> np.ndarray:
@@ -712,7 +712,8 @@ class BundlePolicy:
         low, high = np.asarray(pre["state_low"]), np.asarray(pre["state_high"])  # q01 -> -1, q99 -> 1
         return np.clip(2.0 * (proprio - low) / np.where(high > low, high - low, 1.0) - 1.0, -1.0, 1.0)
 
-    def _encode(self, instructions: list[str]) -> np.ndarray:
+    def encode_instructions(self, instructions: list[str]) -> np.ndarray:
+        """Texts -> (B, L) int64 token ids; ValueError for an instruction the bundle cannot take (too long)."""
         pre = self.spec["preprocessing"]
         if pre["instruction_encoding"] == "openvla-prompt":
             return self._openvla_prompt_ids(instructions, pre)
