@@ -1,6 +1,7 @@
 """How many env calls per second the Dask env pool carries through the driver, and where it saturates.
 
     python -m bench.pool_scaling [--workers 1 2 4 8 16] [--envs-per-worker 4] [--step-ms 0 20] [--seconds 8]
+                                 [--elastic]
 
 The envs sleep instead of computing (`SleepingEnvGroup`), so 2 cores measure the pool (driver,
 scheduler, actor calls, pickling the observations), not CPU contention. A round steps every env
@@ -8,6 +9,7 @@ once, as a rollout does: one actor call per worker, all in flight at once. Per w
 prints actor calls/s, env steps/s against the ideal (every worker busy sleeping all the time),
 and the p50 / p99 of a round. Last, the projection to the paper's load: 512 parallel envs at
 20 Hz control with chunks of 8, i.e. 1,280 env steps (chunks) per second, on 200 workers.
+With --elastic: a running scheduler with 1 worker, then a second joins and the pool grows.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import argparse
 import time
 
 import numpy as np
+
+from distributed import LocalCluster
 
 from svrl_core.config import ComputeConfig, EnvConfig
 from svrl_core.envs import Obs, StepResult
@@ -51,23 +55,43 @@ def measure(workers: int, envs_per_worker: int, step_s: float, image_size: int, 
     compute = ComputeConfig(n_workers=workers, envs_per_worker=envs_per_worker, connect_timeout_s=120)
     with dask_client(compute) as client:
         pool = DaskEnvPool(client, EnvConfig(), compute, SleepingEnvGroup, (step_s, image_size))
-        slots = list(range(pool.capacity))
-        pool.reset(slots, [EpisodeRequest("task", seed) for seed in slots])
-        chunks = np.zeros((len(slots), PAPER_CHUNK, 7), np.float32)
-        for _ in range(3):  # warm up: connections, first pickles
-            pool.step(slots, chunks)
-        rounds, began = [], time.perf_counter()
-        while time.perf_counter() - began < seconds or len(rounds) < 10:
-            start = time.perf_counter()
-            pool.step(slots, chunks)
-            rounds.append(time.perf_counter() - start)
-        elapsed = time.perf_counter() - began
+        row = step_rounds(pool, seconds)
         pool.close()
     ideal_round = envs_per_worker * step_s
-    return {"workers": workers, "calls_per_s": workers * len(rounds) / elapsed,
+    return {**row, "ideal_steps_per_s": pool.capacity / ideal_round if ideal_round else float("inf")}
+
+
+def step_rounds(pool: DaskEnvPool, seconds: float) -> dict:
+    """Step every env of `pool` round after round for `seconds` (at least 10 rounds)."""
+    slots = list(range(pool.capacity))
+    pool.reset(slots, [EpisodeRequest("task", seed) for seed in slots])
+    chunks = np.zeros((len(slots), PAPER_CHUNK, 7), np.float32)
+    for _ in range(3):  # warm up: connections, first pickles
+        pool.step(slots, chunks)
+    rounds, began = [], time.perf_counter()
+    while time.perf_counter() - began < seconds or len(rounds) < 10:
+        start = time.perf_counter()
+        pool.step(slots, chunks)
+        rounds.append(time.perf_counter() - start)
+    elapsed = time.perf_counter() - began
+    return {"workers": len(pool.actors), "calls_per_s": len(pool.actors) * len(rounds) / elapsed,
             "steps_per_s": len(slots) * len(rounds) / elapsed,
-            "ideal_steps_per_s": len(slots) / ideal_round if ideal_round else float("inf"),
             "p50_ms": 1e3 * float(np.percentile(rounds, 50)), "p99_ms": 1e3 * float(np.percentile(rounds, 99))}
+
+
+def elastic(envs_per_worker: int, step_s: float, image_size: int, seconds: float) -> tuple[dict, dict]:
+    """Env steps/s on a running scheduler with 1 worker, then after a second joins and the pool grows."""
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        compute = ComputeConfig(scheduler_address=cluster.scheduler_address, envs_per_worker=envs_per_worker)
+        with dask_client(compute) as client:
+            pool = DaskEnvPool(client, EnvConfig(), compute, SleepingEnvGroup, (step_s, image_size))
+            before = step_rounds(pool, seconds)
+            cluster.scale(2)
+            client.wait_for_workers(2, timeout=120)
+            pool.grow()  # what each rollout does first
+            after = step_rounds(pool, seconds)
+            pool.close()
+    return before, after
 
 
 def projection(rows: list[dict]) -> str:
@@ -92,6 +116,7 @@ def main() -> None:
                         help="sleep per env step: 0 measures the pool's own cost, 20 a busy simulator")
     parser.add_argument("--image-size", type=int, default=64, help="side of the frame each observation carries")
     parser.add_argument("--seconds", type=float, default=8.0, help="per measurement")
+    parser.add_argument("--elastic", action="store_true", help="also: 1 worker, then a second joins mid-run")
     args = parser.parse_args()
     zero_cost = []
     for step_ms in args.step_ms:
@@ -106,6 +131,12 @@ def main() -> None:
                 zero_cost.append(row)
     if zero_cost:
         print(projection(zero_cost))
+    if args.elastic:
+        step_ms = max(args.step_ms)
+        before, after = elastic(args.envs_per_worker, step_ms / 1e3, args.image_size, args.seconds)
+        print(f"elastic pool, envs sleep {step_ms:g} ms per step: {before['steps_per_s']:.0f} env steps/s on "
+              f"{before['workers']} worker; a second joins, the pool grows: {after['steps_per_s']:.0f} env steps/s "
+              f"on {after['workers']} workers ({after['steps_per_s'] / before['steps_per_s']:.2f}x)")
 
 
 if __name__ == "__main__":

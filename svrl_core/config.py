@@ -163,10 +163,16 @@ class ComputeConfig(Section):
                                     "the cluster's certificates; the driver then shows tls_cert_file / tls_key_file")
     tls_cert_file: str | None = Field(None, description="this driver's TLS certificate (PEM), signed by tls_ca_file")
     tls_key_file: str | None = Field(None, description="the private key (PEM) of tls_cert_file")
+    dashboard_address: str | None = Field(None, description="serve the local Dask cluster's dashboard here, e.g. "
+                                          "':8787' or '127.0.0.1:8787' (null: off); a running scheduler serves "
+                                          "its own (`dask scheduler --dashboard-address`)")
     connect_timeout_s: float = Field(90.0, gt=0, le=3600, description="give up on an unreachable scheduler, or one "
                                      "with fewer than min_workers workers, after this")
     min_workers: int = Field(1, ge=1, le=100_000, description="with scheduler_address: workers that must have "
                              "joined (per rank) before a stage starts")
+    max_workers: int | None = Field(None, ge=1, le=100_000, description="the most env workers one rank uses; "
+                                    "with scheduler_address, workers that join mid-run are taken at the next "
+                                    "rollout up to it (null: all)")
     max_worker_failures: int = Field(3, ge=0, le=1000, description="env worker losses tolerated within "
                                      "worker_loss_window_s; one more ends the stage")
     worker_loss_window_s: float = Field(600.0, gt=0, le=604_800, description="losses older than this no longer "

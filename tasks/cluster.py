@@ -35,8 +35,10 @@ def dask_client(cfg: ComputeConfig, ranks: Ranks = Ranks()) -> Iterator[Client]:
             yield client
         return
     cluster = _with_deadline(lambda: LocalCluster(n_workers=cfg.n_workers, threads_per_worker=1, processes=True,
-                                                  dashboard_address=None),
+                                                  dashboard_address=cfg.dashboard_address),
                              cfg.connect_timeout_s, f"a local Dask cluster of {cfg.n_workers} workers")
+    if cfg.dashboard_address:
+        logger.info("Dask dashboard: %s", cluster.dashboard_link)
     try:
         with Client(cluster, timeout=cfg.connect_timeout_s) as client:
             _wait_for_workers(client, cfg.n_workers, cfg, "the local Dask cluster")

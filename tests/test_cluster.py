@@ -95,3 +95,71 @@ def test_a_worker_without_svrl_is_named_with_the_cause_and_left_out(tmp_path, ti
         finally:
             bare.terminate()
             bare.wait(30)
+
+
+def test_workers_that_join_mid_run_are_used_from_the_next_rollout_up_to_the_cap(tiny_policy, tiny_params, caplog):
+    requests = [EpisodeRequest(task, seed) for task in tiny_params.env.tasks for seed in range(4)]
+    expected = run_episodes(tiny_policy, LocalEnvPool(tiny_params.env, 8), requests, temperature=None)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        compute = ComputeConfig(scheduler_address=cluster.scheduler_address, envs_per_worker=2, max_workers=2)
+        with dask_client(compute) as client:
+            pool = DaskEnvPool(client, tiny_params.env, compute)
+            stepped, step = set(), pool.step
+            pool.step = lambda slots, chunks: stepped.update(slots) or step(slots, chunks)
+            first = run_episodes(tiny_policy, pool, requests, temperature=None)
+            assert pool.capacity == 2 and stepped == {0, 1}
+            cluster.scale(3)
+            client.wait_for_workers(3, timeout=60)
+            caplog.set_level(logging.INFO, logger="svrl")
+            second = run_episodes(tiny_policy, pool, requests, temperature=None)
+            pool.close()
+    assert len({actor._address for actor in pool.actors}) == 2 and pool.capacity == 4
+    assert stepped == {0, 1, 2, 3}, "the joined worker's envs step episodes"
+    assert re.search(r"1 worker\(s\) joined \(tcp://.*\): now 4 envs on 2 workers", caplog.text)
+    assert re.search(r"left idle: this rank already uses compute.max_workers=2", caplog.text)
+    outcomes = [(e.success, e.steps) for e in expected]
+    assert [(e.success, e.steps) for e in first] == outcomes == [(e.success, e.steps) for e in second]
+
+
+class ThreadRanks:
+    """Ranks of a world whose members are threads of this process: `gather` meets at a barrier."""
+
+    def __init__(self, rank: int, world: int, shared: dict):
+        self.rank, self.world, self.shared, self.is_writer = rank, world, shared, rank == 0
+
+    def gather(self, item):
+        self.shared["items"][self.rank] = item
+        self.shared["barrier"].wait()
+        everyone = list(self.shared["items"])
+        self.shared["barrier"].wait()  # nobody overwrites an item before all have read
+        return everyone
+
+
+def test_ranks_share_out_the_workers_and_the_newcomers_each_to_one_rank(tiny_params):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    shared = {"items": [None, None], "barrier": threading.Barrier(2, timeout=120)}
+    with LocalCluster(n_workers=3, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        compute = ComputeConfig(scheduler_address=cluster.scheduler_address, envs_per_worker=1)
+        with Client(cluster) as client, ThreadPoolExecutor(2) as threads:
+            make = lambda rank: DaskEnvPool(client, tiny_params.env, compute, ranks=ThreadRanks(rank, 2, shared))
+            pools = list(threads.map(make, [0, 1]))
+            assert [len(p.actors) for p in pools] == [2, 1]
+            cluster.scale(5)
+            client.wait_for_workers(5, timeout=60)
+            list(threads.map(lambda p: p.grow(), pools))
+            hosts = [[actor._address for actor in p.actors] for p in pools]
+            for pool in pools:
+                pool.close()
+    assert [len(h) for h in hosts] == [3, 2] and len(set(hosts[0] + hosts[1])) == 5
+
+
+def test_the_local_cluster_serves_its_dashboard_when_asked(caplog):
+    import urllib.request
+
+    caplog.set_level(logging.INFO, logger="svrl")
+    with dask_client(ComputeConfig(n_workers=1, dashboard_address="127.0.0.1:0")) as client:
+        with urllib.request.urlopen(client.dashboard_link, timeout=60) as page:  # .../status: bokeh's page
+            assert page.status == 200 and b"Dask" in page.read()
+    assert f"Dask dashboard: {client.dashboard_link}" in caplog.text

@@ -55,31 +55,84 @@ class DaskEnvPool:
 
     `group_cls(env_cfg, envs_per_worker, *group_args)` builds one worker's envs (EnvGroup, or a
     subclass such as the fault-injecting one in rollout/faults.py). On a cluster shared by the ranks
-    of a multi-rank run, each rank's pool takes every `ranks.world`-th worker, from its rank on."""
+    of a multi-rank run, the workers are split between the ranks round-robin, each to one rank.
+
+    On a running scheduler the pool is elastic: `grow()`, called by every rank at the start of each
+    rollout, starts envs on the workers that joined since, up to `compute.max_workers` per rank. Which
+    worker runs an episode never changes what it computes (each episode has its own random stream)."""
 
     def __init__(self, client: Client, env_cfg: EnvConfig, compute: ComputeConfig,
                  group_cls: type[EnvGroup] = EnvGroup, group_args: tuple = (), ranks: Ranks = Ranks()):
-        everyone = sorted(client.scheduler_info(n_workers=-1)["workers"])
-        workers = usable_workers(client, everyone[ranks.rank::ranks.world])
-        if not workers:
-            raise RuntimeError(f"DaskEnvPool: the Dask cluster has {len(everyone)} workers, none usable by rank "
-                               f"{ranks.rank} of {ranks.world}: start at least one worker per rank with svrl "
-                               "installed (the log names the others and why)")
-        self.client, self.env_cfg, self.compute = client, env_cfg, compute
+        self.client, self.env_cfg, self.compute, self.ranks = client, env_cfg, compute, ranks
         self.group_cls, self.group_args = group_cls, group_args
         self.envs_per_worker, self.pipeline_stages = compute.envs_per_worker, compute.pipeline_stages
         self.worker_failures, self.losses = 0, []  # list[WorkerLoss]
         self._loss_times: list[float] = []  # monotonic times of the losses within worker_loss_window_s
         self._lost_addresses: set[str] = set()
         self._replacing = threading.Lock()  # pipeline stages may see the same worker die at once
-        starting = [(w, self._submit_actor(w)) for w in workers]  # every worker builds its envs at once
-        try:
-            self.actors = [self._await_actor(future, w) for w, future in starting]
-        except EnvWorkerLost as err:
-            raise RuntimeError(f"DaskEnvPool: {err}") from None
-        self.capacity = self.envs_per_worker * len(self.actors)
-        self.generations = [0] * len(self.actors)  # bumped when an actor is replaced
+        self.split: list[str] = []  # every worker the ranks have shared out, in order: the same on every rank
+        self.actors: list = []
+        self.generations: list[int] = []  # per actor, bumped when it is replaced
         self._reset_generation: dict[int, int] = {}  # slot -> its actor's generation at the slot's last reset
+        failures = self._start_actors(self._my_newcomers())
+        if failures:
+            raise RuntimeError(f"DaskEnvPool: {failures[0]}")
+        if not self.actors:
+            raise RuntimeError(f"DaskEnvPool: the Dask cluster has {len(self.split)} workers, none usable by rank "
+                               f"{ranks.rank} of {ranks.world}: start at least one worker per rank with svrl "
+                               "installed (the log names the others and why)")
+
+    @property
+    def capacity(self) -> int:
+        return self.envs_per_worker * len(self.actors)
+
+    def grow(self) -> None:
+        """Start envs on the workers that joined since the last call (this rank's share, up to the cap).
+
+        A worker that cannot import svrl or build its envs is named in the log and left out; the pool
+        goes on with the workers it has. A LocalCluster has its n_workers from the start: a worker
+        that its nanny restarted after a loss is a spare for the next one, not a newcomer."""
+        if not self.compute.scheduler_address:
+            return
+        before = len(self.actors)
+        for failure in self._start_actors(self._my_newcomers()):
+            logger.warning("env pool: a joining worker is left out: %s", failure)
+        if len(self.actors) > before:
+            joined = [actor._address for actor in self.actors[before:]]
+            logger.info("env pool: %d worker(s) joined (%s): now %d envs on %d workers", len(joined),
+                        ", ".join(joined), self.capacity, len(self.actors))
+
+    def _my_newcomers(self) -> list[str]:
+        """This rank's share of the workers that no rank has taken yet, that can run svrl, within the cap.
+
+        Every rank calls this at the same point and all split rank 0's view of the cluster, leaving out
+        the workers any rank holds envs on or has lost: each newcomer goes to exactly one rank."""
+        view = (self._live_workers() if self.ranks.is_writer else [], [a._address for a in self.actors],
+                sorted(self._lost_addresses))
+        gathered = self.ranks.gather(view)
+        taken = set(self.split).union(*(set(hosted) | set(lost) for _, hosted, lost in gathered))
+        newcomers = [worker for worker in gathered[0][0] if worker not in taken]
+        first, self.split = len(self.split), self.split + newcomers
+        mine = usable_workers(self.client, [worker for i, worker in enumerate(newcomers, first)
+                                            if i % self.ranks.world == self.ranks.rank])
+        cap = self.compute.max_workers
+        room = len(mine) if cap is None else max(0, cap - len(self.actors))
+        if len(mine) > room:
+            logger.info("env pool: worker(s) %s left idle: this rank already uses compute.max_workers=%d",
+                        ", ".join(mine[room:]), cap)
+        return mine[:room]
+
+    def _start_actors(self, workers: list[str]) -> list[str]:
+        """Build envs on `workers` at once; the causes of those that failed."""
+        starting = [(w, self._submit_actor(w)) for w in workers]
+        failures = []
+        for worker, future in starting:
+            try:
+                self.actors.append(self._await_actor(future, worker))
+                self.generations.append(0)
+            except EnvWorkerLost as err:
+                failures.append(str(err))
+        return failures
 
     # --- actors ----------------------------------------------------------------------
     def _submit_actor(self, worker: str):
@@ -162,8 +215,7 @@ class DaskEnvPool:
         busy = Counter(actor._address for i, actor in enumerate(self.actors) if i != exclude)
         began = time.monotonic()
         while True:
-            live = sorted(w for w in self.client.scheduler_info(n_workers=-1)["workers"]
-                          if w not in self._lost_addresses)
+            live = self._live_workers()
             waited = time.monotonic() - began
             if live and (min(busy[w] for w in live) == 0 or waited > FRESH_WORKER_GRACE_S):
                 return min(live, key=lambda w: busy[w])
@@ -171,6 +223,10 @@ class DaskEnvPool:
                 raise RuntimeError(f"DaskEnvPool: no live Dask worker within {WORKER_WAIT_S}s "
                                    f"(lost: {sorted(self._lost_addresses)})")
             time.sleep(0.2)
+
+    def _live_workers(self) -> list[str]:
+        """The cluster's workers now, less those this pool lost, sorted."""
+        return sorted(w for w in self.client.scheduler_info(n_workers=-1)["workers"] if w not in self._lost_addresses)
 
     # --- calls -----------------------------------------------------------------------
     def _fan_out(self, method: str, slots: list[int], payload: list) -> list:

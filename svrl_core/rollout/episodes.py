@@ -76,6 +76,8 @@ def run_episodes(policy: VLAPolicy, pool: EnvPool, requests: list[EpisodeRequest
     lost (pool answered None) is re-run from its initial state: every request yields exactly
     one complete trajectory.
 
+    The pool first takes any env workers that joined since its last rollout (`pool.grow()`).
+
     Each episode samples from its own stream, `episode_stream(seed, streams[i])` (default: its
     index i), so an episode's actions do not depend on the pool size, the batch it shares, the
     pipeline stage or the rank that runs it.
@@ -84,6 +86,7 @@ def run_episodes(policy: VLAPolicy, pool: EnvPool, requests: list[EpisodeRequest
     stages, each run by its own thread: while one stage's envs step, another stage's batch is
     on the model.
     """
+    pool.grow()
     stats = stats if stats is not None else RolloutStats()
     streams = list(range(len(requests))) if streams is None else streams
     episodes = [Episode(request, seed, stream) for request, stream in zip(requests, streams, strict=True)]

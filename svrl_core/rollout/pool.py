@@ -30,6 +30,9 @@ class EnvPool(Protocol):
     def step(self, slots: list[int], chunks: np.ndarray) -> list[StepResult | None]:
         """Execute `chunks[i]` (K, D) in env `slots[i]`; None where that env was lost mid-episode."""
 
+    def grow(self) -> None:
+        """Take envs on workers that joined since the last call (called at the start of each rollout)."""
+
     def close(self) -> None: ...
 
 
@@ -56,3 +59,6 @@ class LocalEnvPool(EnvGroup):
     def __init__(self, env_cfg: EnvConfig, n_envs: int, pipeline_stages: int = 1):
         super().__init__(env_cfg, n_envs)
         self.capacity, self.pipeline_stages = n_envs, pipeline_stages
+
+    def grow(self) -> None:
+        """A local pool has a fixed size."""
