@@ -57,7 +57,7 @@ def random_stepping(pool, requests, chunk: int, action_dim: int) -> float:
 def policy_rollouts(policy, pool, requests, temperature: float) -> tuple[float, float, float]:
     """(env steps/s, wall seconds, success rate) of sampled policy rollouts with early exit."""
     stats, began = RolloutStats(), time.monotonic()
-    trajectories = run_episodes(policy, pool, requests, temperature, torch.Generator().manual_seed(0), stats)
+    trajectories = run_episodes(policy, pool, requests, temperature, 0, stats)
     wall = time.monotonic() - began
     return stats.env_steps / wall, wall, float(np.mean([t.success for t in trajectories]))
 

@@ -15,14 +15,16 @@ import torch
 from svrl_core.config import ConfigError, load_params
 from svrl_core.data import DatasetError
 from svrl_core.policies import CheckpointError
+from svrl_core.training import SegmentEnded
 from svrl_core.training.engine import bind_local_device, launcher_rank, under_launcher
-from tasks.launch import RankFailure, run_on_ranks
+from tasks.launch import SEGMENT_ENDED, RankFailure, run_on_ranks
 
 class PipelineError(RuntimeError):
     """A DVC or Prefect step of the pipeline failed; the message says what to do."""
 
 
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError, PipelineError, RankFailure)
+SEGMENT_ENDED_EXIT_CODE = 75  # EX_TEMPFAIL: run the stage again to continue (rl.max_wall_s)
 API_CHECK_TIMEOUT_S = 10
 
 
@@ -31,7 +33,7 @@ class UserErrorsWithoutTraceback(logging.Filter):
     whole story, and the stage ends with it as one `error:` line."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+        if record.exc_info and isinstance(record.exc_info[1], (*USER_ERRORS, SegmentEnded)):
             record.exc_info, record.exc_text = None, None
         return True
 
@@ -76,6 +78,9 @@ def run_stage(flow: Callable[..., object], replica: Callable[..., None] | None =
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except SegmentEnded as err:
+        print(f"{SEGMENT_ENDED} {err}", file=sys.stderr)
+        sys.exit(SEGMENT_ENDED_EXIT_CODE)
     except httpx.HTTPError as err:  # the Prefect API went away or refused a call mid-run
         print(f"error: the Prefect API failed ({type(err).__name__}: {err}); check the server "
               f"(`make ui`, or unset PREFECT_API_URL for a temporary one), then rerun the stage", file=sys.stderr)

@@ -10,9 +10,12 @@ import subprocess
 import sys
 from collections import deque
 
+from svrl_core.training import SegmentEnded
+
 # Set in a process that trained in a world of one: a launch must form its own world, not join that one.
 RENDEZVOUS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
 RESUMABLE = {"rl": "rerun it to resume from its last saved iteration"}
+SEGMENT_ENDED = "segment ended:"  # how a stage that used its time budget says so on stderr (flows/cli.py)
 
 
 class RankFailure(RuntimeError):
@@ -31,6 +34,9 @@ def run_on_ranks(stage: str, params_path: str, n_ranks: int) -> None:
         sys.stderr.write(line)
         tail.append(line)
     if process.wait():
+        ended = [line for line in tail if line.startswith(SEGMENT_ENDED)]
+        if ended:  # every rank stopped at the same iteration on purpose (rl.max_wall_s)
+            raise SegmentEnded(ended[0].removeprefix(SEGMENT_ENDED).strip())
         raise RankFailure(describe_failure(stage, n_ranks, process.returncode, "".join(tail)))
 
 

@@ -24,7 +24,8 @@ def run_fingerprint(params: Params) -> str:
     """Names one RL run: its config and the exact starting weights."""
     with fsspec.open(str(join(params.paths.sft_model, "model.safetensors")), "rb") as handle:
         weights = hashlib.sha256(handle.read()).hexdigest()
-    config = json.dumps({"rl": params.rl.model_dump(), "env": params.env.model_dump(), "sft": weights},
+    rl = params.rl.model_dump(exclude={"max_wall_s"})  # a segment's budget, not the run's
+    config = json.dumps({"rl": rl, "env": params.env.model_dump(), "sft": weights},
                         sort_keys=True)
     return hashlib.sha256(config.encode()).hexdigest()
 

@@ -203,8 +203,9 @@ def without_timings(history: list[dict]) -> list[dict]:
 
 
 def test_a_killed_rank_fails_the_two_rank_rl_stage_and_a_rerun_ends_as_one_rank_does(project, tmp_path):
-    """kill -9 of rank 1 mid-run stops the stage with one line; the rerun resumes (still on 2 ranks) and ends
-    where an uninterrupted run on one rank ends."""
+    """kill -9 of rank 1 mid-run stops the stage with one line; a rerun with a time budget resumes (still on 2
+    ranks) and ends its segment after one iteration, exit code 75; the next ends where an uninterrupted run
+    on one rank ends."""
     import signal
     import time
 
@@ -218,6 +219,7 @@ def test_a_killed_rank_fails_the_two_rank_rl_stage_and_a_rerun_ends_as_one_rank_
     deadline = time.monotonic() + 300
     while not state.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
+    assert process.poll() is None, process.communicate()[1][-3000:]
     rank_one = [p for p in psutil.Process(process.pid).children(recursive=True)
                 if "flows.rl" in " ".join(p.cmdline()) and p.environ().get("RANK") == "1"]
     assert len(rank_one) == 1, "the stage relaunched itself on 2 ranks"
@@ -230,8 +232,20 @@ def test_a_killed_rank_fails_the_two_rank_rl_stage_and_a_rerun_ends_as_one_rank_
     done_before_kill = len(json.loads(state.read_text())["history"])
     assert 0 < done_before_kill < RL_ITERATIONS and not (tmp_path / "killed/rl").exists()
 
+    budget = yaml.safe_load(killed.read_text())
+    budget["rl"]["max_wall_s"] = 1e-3  # less than one iteration: the segment stops after one
+    (tmp_path / "segment.yaml").write_text(yaml.safe_dump(budget))
+    segment = run([sys.executable, "-m", "flows.rl", "--params", str(tmp_path / "segment.yaml")], project, check=False)
+    assert segment.returncode == 75, segment.stderr[-3000:]
+    assert f"rl: resuming after iteration {done_before_kill}" in segment.stderr
+    assert segment.stderr.strip().splitlines()[-1] == (
+        f"segment ended: rl stopped after iteration {done_before_kill + 1} of {RL_ITERATIONS}: the next one would "
+        f"not fit in rl.max_wall_s=0.001s; its state is in {tmp_path / 'killed/state'}, and running the stage again "
+        "(make run, dvc repro) continues the run")
+    assert not (tmp_path / "killed/rl").exists()
+
     resumed = run([sys.executable, "-m", "flows.rl", "--params", str(killed)], project)
-    assert f"rl: resuming after iteration {done_before_kill}" in resumed.stderr
+    assert f"rl: resuming after iteration {done_before_kill + 1}" in resumed.stderr
     one_rank, one_rank_weights = uninterrupted_one_rank_run(killed)
     resumed_history = json.loads((tmp_path / "killed/plots/rl_history.json").read_text())
     assert len(resumed_history) == RL_ITERATIONS and any("loss" in row for row in one_rank)

@@ -1,6 +1,7 @@
 import copy
 import io
 import logging
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from svrl_core.algos.grpo_batch import PromptSampler, collect_mixed_groups
 from svrl_core.algos.grpo_trainer import grpo_update, train_grpo
 from svrl_core.algos.sft import StateNoise, scheduled_lr, sft_loss, train_sft
+from svrl_core.config import ConfigError
 from svrl_core.data import iterate_chunk_batches
 from svrl_core.policies import ActionTokenizer, new_policy
 from svrl_core.rollout import LocalEnvPool, RolloutStats
@@ -194,6 +196,36 @@ def test_resumed_run_matches_an_uninterrupted_run(tiny_params, tiny_dataset, tmp
         assert torch.equal(a, b)
 
 
+def test_segments_on_a_time_budget_resume_exactly_on_another_pool_size(tiny_params, tiny_dataset, tmp_path):
+    from svrl_core.training import SegmentEnded
+
+    cfg = tiny_params.rl.model_copy(update={"iterations": 4, "checkpoint_every": 10, "prompts_per_batch": 4,
+                                            "max_refills": 2, "max_idle_iterations": 10})
+    tasks = list(tiny_params.env.tasks)
+    straight = new_policy(tiny_params.policy, tiny_dataset, seed=0)
+    expected = train_grpo(straight, LocalEnvPool(tiny_params.env, 16), tasks, cfg)
+    with pytest.raises(ConfigError, match="rl.max_wall_s ends a segment, which needs .*paths.rl_state"):
+        train_grpo(straight, LocalEnvPool(tiny_params.env, 16), tasks, cfg.model_copy(update={"max_wall_s": 1}))
+    segments, pool_sizes = [], iter([16, 5, 3, 7, 2])
+    budget = cfg.model_copy(update={"max_wall_s": 1e-3})  # less than any iteration: one iteration per segment
+    while True:
+        policy, ran = new_policy(tiny_params.policy, tiny_dataset, seed=0), []
+        try:
+            history = train_grpo(policy, LocalEnvPool(tiny_params.env, next(pool_sizes)), tasks, budget, ran.append,
+                                 state_dir=tmp_path / "state", fingerprint="run-a")
+        except SegmentEnded as ended:
+            assert re.match(rf"rl stopped after iteration {len(segments) + 1} of 4: the next one would not fit in "
+                            rf"rl.max_wall_s=0.001s; its state is in {tmp_path / 'state'}", str(ended))
+            segments.append([row["iteration"] for row in ran])
+            continue
+        segments.append([row["iteration"] for row in ran])
+        break
+    assert segments == [[1], [2], [3], [4]]
+    assert without_timings(history) == without_timings(expected)
+    for a, b in zip(straight.model.parameters(), policy.model.parameters()):
+        assert torch.equal(a, b)
+
+
 def test_state_of_another_run_is_not_resumed(tiny_params, tiny_dataset, tmp_path):
     cfg = tiny_params.rl.model_copy(update={"iterations": 2, "checkpoint_every": 1})
     pool = LocalEnvPool(tiny_params.env, 16)
@@ -230,7 +262,8 @@ def test_refills_until_enough_mixed_groups(monkeypatch, tiny_params):
     sampler = PromptSampler(["red"], 0)
     kept, info = collect_mixed_groups(NO_POLICY, None, sampler, cfg, RolloutStats())
     assert [t.request.group for t in kept.trajectories] == [0, 0, 4, 4, 5, 5]
-    assert info == {"success_rate": 5 / 12, "kept_group_fraction": 3 / 6, "refills": 2, "episodes": 12}
+    assert info == {"success_rate": 5 / 12, "kept_group_fraction": 3 / 6, "mixed_groups": 3, "refills": 2,
+                    "episodes": 12}
     assert sampler.cursor == 6
 
 

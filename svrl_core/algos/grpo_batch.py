@@ -141,7 +141,7 @@ def collect_mixed_groups(policy: VLAPolicy, pool: EnvPool, sampler: PromptSample
         if not cfg.dynamic_sampling or len(rewards) >= target:
             break
     info = {"success_rate": n_success / n_episodes, "kept_group_fraction": n_mixed / n_groups,
-            "refills": refills, "episodes": n_episodes}
+            "mixed_groups": n_mixed, "refills": refills, "episodes": n_episodes}
     keep = len(rewards)
     if cfg.train_groups is not None and cfg.dynamic_sampling:
         info["trained_groups"] = cfg.train_groups if keep >= target else 0

@@ -19,7 +19,7 @@ from svrl_core.experts.layouts import SeedMap, consecutive
 from svrl_core.policies import PolicyInputs, VLAPolicy, token_log_probs
 from svrl_core.progress import Progress
 from svrl_core.rollout import EnvPool, RolloutStats, Trajectory
-from svrl_core.training import DeepSpeedTrainer, load_training_state, save_training_state
+from svrl_core.training import DeepSpeedTrainer, SegmentEnded, load_training_state, save_training_state
 from svrl_core.training.engine import init_process_group, zero_stage
 from svrl_core.training.ranks import Ranks
 
@@ -211,6 +211,26 @@ def check_ranks(cfg: RlConfig, ranks: Ranks) -> None:
                           f"(compute.ranks)")
 
 
+class SegmentBudget:
+    """A segment's wall-time budget (None: no limit): the next iteration is expected to take as long as
+    the longest one so far. Ranks decide together, so all of them stop at the same iteration."""
+
+    def __init__(self, max_wall_s: float | None, ranks: Ranks):
+        self.max_wall_s, self.ranks = max_wall_s, ranks
+        self.began = self.iteration_began = time.monotonic()
+        self.longest = 0.0
+
+    def start_iteration(self) -> None:
+        self.iteration_began = time.monotonic()
+
+    def next_iteration_would_overrun(self) -> bool:
+        if self.max_wall_s is None:
+            return False
+        now = time.monotonic()
+        self.longest = max(self.longest, now - self.iteration_began)
+        return bool(self.ranks.max(int(now - self.began + self.longest > self.max_wall_s)))
+
+
 def train_grpo(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: RlConfig,
                on_iteration: Callable[[dict], None] = lambda row: None,
                state_dir: str | Path | None = None, fingerprint: str = "",
@@ -224,6 +244,8 @@ def train_grpo(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: RlConfig
     With `state_dir`, the state is saved every `cfg.checkpoint_every` iterations and a run
     with the same fingerprint resumes from it, giving the same metrics as an uninterrupted run.
     """
+    if cfg.max_wall_s is not None and state_dir is None:
+        raise ConfigError("rl.max_wall_s ends a segment, which needs somewhere to keep its state (paths.rl_state)")
     torch.manual_seed(cfg.seed)
     init_process_group()
     ranks = Ranks.of_process_group()
@@ -241,17 +263,24 @@ def train_grpo(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: RlConfig
         logger.info("rl: resuming after iteration %d from %s", len(history), state_dir)
     progress = Progress("rl", cfg.iterations, "iterations")
     stalled = lambda: idle_streak(history) >= cfg.max_idle_iterations  # noqa: E731
+    budget = SegmentBudget(cfg.max_wall_s, ranks)
     while len(history) < cfg.iterations and not stalled():
+        budget.start_iteration()
         row = grpo_iteration(policy, pool, trainer, sampler, cfg, len(history) + 1, ranks)
         history.append(row)
         if ranks.is_writer:
             on_iteration(row)
             progress.update(len(history), success=row["success_rate"], kept=row["kept_group_fraction"])
         last = len(history) == cfg.iterations or stalled()
-        if state_dir and (len(history) % cfg.checkpoint_every == 0 or last):
+        segment_ends = not last and budget.next_iteration_would_overrun()
+        if state_dir and (len(history) % cfg.checkpoint_every == 0 or last or segment_ends):
             save_training_state(state_dir, fingerprint, policy, trainer.optimizer_state(),
                                 {"history": history, "prompt_cursor": sampler.cursor, "step": len(history)}, ranks,
                                 partitioned)
+        if segment_ends:
+            raise SegmentEnded(f"rl stopped after iteration {len(history)} of {cfg.iterations}: the next one would "
+                               f"not fit in rl.max_wall_s={cfg.max_wall_s:g}s; its state is in {state_dir}, and "
+                               "running the stage again (make run, dvc repro) continues the run")
     if stalled() and ranks.is_writer:
         logger.warning("rl: stopped after %d iterations without a mixed group (last success rate %.3f): %s",
                        idle_streak(history), history[-1]["success_rate"], why_nothing_to_learn(history[-1]["success_rate"]))

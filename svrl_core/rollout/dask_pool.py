@@ -274,6 +274,12 @@ class DaskEnvPool:
     def step(self, slots: list[int], chunks: np.ndarray) -> list[StepResult | None]:
         return self._fan_out("step", slots, list(chunks))
 
+    def timings(self) -> Counter:
+        """Seconds and counts spent inside every worker's envs since they started, summed (`EnvGroup.timings`)."""
+        deadline = time.monotonic() + self.compute.env_call_timeout_s
+        calls = [_start_call(actor, "timings") for actor in self.actors]
+        return sum((Counter(_result(call, deadline)) for call in calls), Counter())
+
     def close(self) -> None:
         """Close every actor's envs, waiting at most CLOSE_TIMEOUT_S in all."""
         deadline = time.monotonic() + CLOSE_TIMEOUT_S

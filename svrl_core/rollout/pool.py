@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,6 +48,10 @@ class EnvGroup:
 
     def step(self, ids: list[int], chunks: np.ndarray) -> list[StepResult]:
         return [self.envs[i].step(chunk) for i, chunk in zip(ids, chunks)]
+
+    def timings(self) -> Counter:
+        """Seconds and counts spent inside the envs, by kind (envs that keep `timings`, e.g. LIBERO's)."""
+        return sum((Counter(getattr(env, "timings", {})) for env in self.envs), Counter())
 
     def close(self) -> None:
         for env in self.envs:

@@ -24,6 +24,10 @@ from svrl_core.training.ranks import Ranks
 logger = logging.getLogger("svrl")
 
 
+class SegmentEnded(Exception):
+    """A run's segment used its time budget: its state is saved, and running the stage again continues it."""
+
+
 @dataclass
 class TrainingState:
     policy: VLAPolicy

@@ -10,7 +10,8 @@ renders. `seed` is the index of the official initial state.
 
 from __future__ import annotations
 
-from collections import OrderedDict
+import time
+from collections import Counter, OrderedDict
 
 import numpy as np
 
@@ -89,6 +90,7 @@ class LiberoEnv:
         self._sims: OrderedDict[str, _TaskSim] = OrderedDict()  # least recently used first
         self._sim: _TaskSim | None = None
         self._error: str | None = None
+        self.timings: Counter = Counter()  # seconds and counts by kind: where a rollout's env time goes
 
     def task_info(self, task: str) -> suites.LiberoTask:
         if task not in self._tasks:  # tasks outside the config (e.g. an eval split) are looked up too
@@ -101,6 +103,7 @@ class LiberoEnv:
         state = suites.init_state(info, seed)
         self._steps, self._success, self._error, self._task = 0, False, None, task
         self._sim = self._sim_for(info)  # a scene that cannot be built is a setup error: it raises
+        began = time.perf_counter()
         try:
             self._raw = self._sim.reset(state)
             for _ in range(suites.SETTLE_STEPS):
@@ -108,6 +111,8 @@ class LiberoEnv:
         except Exception as err:  # noqa: BLE001 - recorded as this episode's failure, never dropped
             self._fail(err)
             return self._blank_obs()
+        finally:
+            self.timings.update(resets=1, reset_s=time.perf_counter() - began)
         return self._observe()
 
     def step(self, action_chunk: np.ndarray) -> StepResult:
@@ -119,6 +124,7 @@ class LiberoEnv:
         executed = 0
         if self._error is None:
             try:
+                began = time.perf_counter()
                 for action in chunk:
                     if self._success or self._steps >= self.max_steps:
                         break
@@ -126,6 +132,7 @@ class LiberoEnv:
                     self._steps += 1
                     executed += 1
                     self._success = bool(self._sim.env.check_success())
+                self.timings.update(steps=executed, physics_s=time.perf_counter() - began)
                 obs = self._observe()
             except Exception as err:  # noqa: BLE001
                 self._fail(err)
@@ -157,7 +164,9 @@ class LiberoEnv:
             return self._sims[task.name]
         while len(self._sims) >= self.cfg.cached_tasks:
             self._sims.popitem(last=False)[1].close()
+        began = time.perf_counter()
         self._sims[task.name] = _TaskSim(task, self.cfg)
+        self.timings.update(builds=1, build_s=time.perf_counter() - began)
         return self._sims[task.name]
 
     def _fail(self, err: Exception) -> None:
@@ -170,8 +179,9 @@ class LiberoEnv:
                 self._sim = None
 
     def _observe(self) -> Obs:
-        data = self._sim.env.sim.data._data
+        data, began = self._sim.env.sim.data._data, time.perf_counter()
         images = {camera: self._sim.renderer.render(data, camera) for camera in self.cfg.cameras}
+        self.timings.update(renders=1, render_s=time.perf_counter() - began)
         return Obs(images, proprio_of(self._raw), self._tasks[self._task].instruction)
 
     def _blank_obs(self) -> Obs:
