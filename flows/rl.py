@@ -22,6 +22,11 @@ def rl_flow(params_path: str = "params.yaml") -> dict:
     first, last = history[0], history[-1]
     summary = {"iterations": len(history), "env_steps": sum(r["env_steps"] for r in history),
                **{f"first_{k}": first[k] for k in SUMMARY_KEYS}, **{f"last_{k}": last[k] for k in SUMMARY_KEYS}}
+    points = [row for row in history if "curve_greedy" in row]
+    if points:  # the learning curve (rl.curve_every): its last point, and the best one, kept under best/
+        best = max(points, key=lambda row: row["curve_greedy"])
+        summary.update(last_curve_greedy=points[-1]["curve_greedy"], best_curve_greedy=best["curve_greedy"],
+                       best_curve_iteration=best["iteration"])
     if unsolvable is not None:
         summary["unsolvable_layouts"] = unsolvable
     write_metrics(params, "rl", summary)

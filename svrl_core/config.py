@@ -309,6 +309,11 @@ class RlConfig(Section):
     seed: int = Field(0, ge=0)
     max_idle_iterations: int = Field(5, ge=1, description="stop after this many iterations without a mixed group")
     checkpoint_every: int = Field(10, ge=1, description="iterations between resumable state saves")
+    curve_every: int | None = Field(None, ge=1, description="iterations between learning-curve points: the policy "
+                                    "on curve_states initial states per task, greedy (eval.decoding) and sampled "
+                                    "at rl.temperature; the best point's policy is kept (null: off)")
+    curve_states: int = Field(2, ge=1, le=10_000, description="initial states per task of each curve point, "
+                              "from seed_start")
     max_wall_s: float | None = Field(None, gt=0, description="a segment's time budget: the stage saves its state "
                                      "and stops unfinished (exit code 75) before an iteration that would not fit, "
                                      "and a rerun continues the run (null: run to the end)")

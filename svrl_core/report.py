@@ -13,6 +13,7 @@ from svrl_core.evaluation import plot_success_rates  # noqa: E402
 from svrl_core.io import atomic_directory  # noqa: E402
 
 
+DROP_FLAG = 0.2  # a task whose greedy success RL lowers this much is named under the success table
 CURVES = (  # (history key, label) per panel of the learning curve
     (("success_rate", "rollout success"), ("kept_group_fraction", "kept groups")),
     (("approx_kl", "approx KL"), ("clip_fraction", "clip fraction")),
@@ -33,6 +34,52 @@ def plot_learning_curve(history: list[dict], path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def curve_points(history: list[dict]) -> list[dict]:
+    """The run's learning-curve points (rl.curve_every), the starting policy's first: each with the GRPO
+    iteration, the mixed groups trained so far and the run's minutes so far."""
+    points, trained = [], 0
+    if history and "curve_before" in history[0]:
+        points.append({"iteration": 0, "groups": 0, "minutes": 0.0, **history[0]["curve_before"]})
+    for row in history:
+        if "loss" in row:
+            trained += row.get("trained_groups", row.get("mixed_groups", 0))
+        if "curve_greedy" in row:
+            points.append({"iteration": row["iteration"], "groups": trained, "minutes": row["run_time_s"] / 60,
+                           **{k: row[k] for k in ("curve_greedy", "curve_sampled", "curve_greedy_per_task")}})
+    return points
+
+
+def plot_curve(points: list[dict], path: str | Path) -> None:
+    """Greedy and sampled success of the curve's points against mixed groups trained and against time."""
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3), sharey=True)
+    for ax, x, label in zip(axes, ("groups", "minutes"), ("mixed groups trained", "minutes of RL")):
+        for key, name in (("curve_greedy", "greedy"), ("curve_sampled", "sampled (rollout temperature)")):
+            ax.plot([p[x] for p in points], [p[key] for p in points], label=name, marker=".")
+        ax.set_xlabel(label)
+    axes[0].set_ylim(0, 1)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def curve_markdown(points: list[dict]) -> str:
+    lines = ["| iteration | mixed groups trained | minutes | greedy | sampled |", "|---|---|---|---|---|"]
+    lines += [f"| {p['iteration']} | {p['groups']} | {p['minutes']:.1f} | {p['curve_greedy']:.3f} | "
+              f"{p['curve_sampled']:.3f} |" for p in points]
+    return "\n".join(lines)
+
+
+def dropped_tasks(sft: dict, rl: dict, by: float = DROP_FLAG) -> list[str]:
+    """Tasks whose greedy success RL lowered by `by` or more: '<task> (0.45 -> 0.00)'."""
+    dropped = []
+    for task, row in sorted(sft["per_task"].items()):
+        after = rl["per_task"].get(task, {}).get("success_rate")
+        if after is not None and row["success_rate"] - after >= by - 1e-9:
+            dropped.append(f"{task} ({row['success_rate']:.2f} -> {after:.2f})")
+    return dropped
 
 
 def history_markdown(history: list[dict]) -> str:
@@ -89,6 +136,8 @@ def write_report(title: str, sft: dict, rl: dict, history: list[dict], directory
     with atomic_directory(directory) as staging:
         plot_success_rates({"sft": sft, "rl": rl, **baselines}, staging / "success.png")
         plot_learning_curve(history, staging / "learning_curve.png")
+        if curve_points(history):
+            plot_curve(curve_points(history), staging / "rl_curve.png")
         markdown = report_markdown(title, sft, rl, history, protocol, baselines)
         (staging / "report.md").write_text(markdown)
     return markdown
@@ -98,11 +147,22 @@ def report_markdown(title: str, sft: dict, rl: dict, history: list[dict], protoc
                     baselines: dict[str, dict]) -> str:
     last = history[-1] if history else {}
     compared = ["## RL against the baselines (greedy)", "", baseline_markdown(rl, baselines), ""] if baselines else []
+    dropped = dropped_tasks(sft, rl)
+    flagged = [f"**Dropped by {DROP_FLAG:.2f} or more under RL:** {', '.join(dropped)}.", ""] if dropped else []
+    points = curve_points(history)
+    curve = ["## Learning curve", "",
+             f"Every {points[1]['iteration'] - points[0]['iteration'] if len(points) > 1 else '-'} iterations, "
+             "the policy on a fixed subset of the initial states: greedy as evaluated, and sampled at the rollout "
+             "temperature. When a point beats the starting policy, the best one's policy is in the RL model's best/ "
+             "folder.", "",
+             "![learning curve](rl_curve.png)", "", curve_markdown(points), ""] if points else []
     return "\n".join([
         f"# {title}", "",
         protocol, "",
         success_markdown(sft, rl), "",
+        *flagged,
         *compared,
+        *curve,
         "![success per task](success.png)", "",
         f"## GRPO: {len(history)} iterations", "",
         f"Last iteration: rollout success {last.get('success_rate', float('nan')):.2f}, "

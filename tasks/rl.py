@@ -13,6 +13,7 @@ from svrl_core.algos.grpo_trainer import train_grpo
 from svrl_core.config import EnvConfig, Params
 from svrl_core.io import join
 from svrl_core.policies import VLAPolicy, load_policy
+from svrl_core.training import best_policy_dir
 from svrl_core.training.engine import init_process_group
 from svrl_core.training.ranks import Ranks
 from tasks.cluster import env_pool
@@ -43,18 +44,22 @@ def fit_rl_policy(params: Params, on_iteration: Callable[[dict], None] = lambda 
     -> (policy, one metrics row per iteration, task -> layouts skipped as unsolvable or None)."""
     init_process_group()  # before the pool: a shared Dask cluster is split by rank
     policy = load_policy(params.paths.sft_model, params.policy)
+    policy.decoding = params.eval.decoding  # the learning curve's greedy points decode as the benchmark does
     ranks = Ranks.of_process_group()
     with (solvable_layouts(params.env) as layouts,
           env_pool(rl_env_config(params), params.compute, ranks) as pool):
         history = train_grpo(policy, pool, list(params.env.tasks), params.rl, on_iteration,
                              state_dir=params.paths.rl_state, fingerprint=run_fingerprint(params),
-                             engine_overrides=engine_overrides(params), seed_of=layouts.seed)
+                             engine_overrides=engine_overrides(params), seed_of=layouts.seed,
+                             best_dir=best_policy_dir(params.paths.rl_state))
     return policy, history, layouts.unsolvable()
 
 
 @task(tags=["envs"])
 def train_rl_policy(params: Params, on_iteration: Callable[[dict], None]) -> tuple[list[dict], dict | None]:
-    """Rank 0: train, then write the policy."""
+    """Rank 0: train, then write the policy (and under best/ the best learning-curve point's, if any)."""
     policy, history, unsolvable = fit_rl_policy(params, on_iteration)
     policy.save(params.paths.rl_model)
+    if any(row.get("curve_best") for row in history):
+        load_policy(best_policy_dir(params.paths.rl_state), params.policy).save(join(params.paths.rl_model, "best"))
     return history, unsolvable

@@ -52,6 +52,22 @@ def test_report_and_plots(tmp_path):
     assert (tmp_path / "one.png").is_file()
 
 
+def test_report_shows_the_learning_curve_and_flags_tasks_rl_dropped(tmp_path):
+    table = success_table(trajectories())  # red 0.50, blue 0.50
+    worse = {**table, "per_task": {**table["per_task"], "red": {**table["per_task"]["red"], "success_rate": 0.25}}}
+    point = lambda greedy: {"curve_greedy": greedy, "curve_sampled": greedy / 2,  # noqa: E731
+                            "curve_greedy_per_task": {"red": greedy, "blue": greedy}}
+    history = [{"iteration": 1, "success_rate": 0.3, "loss": 0.1, "mixed_groups": 3, "run_time_s": 60.0,
+                "curve_before": point(0.5)},
+               {"iteration": 2, "success_rate": 0.4, "mixed_groups": 1, "run_time_s": 120.0, **point(0.625)},
+               {"iteration": 3, "success_rate": 0.4, "loss": 0.1, "mixed_groups": 2, "run_time_s": 150.0}]
+    text = write_report("title", table, worse, history, tmp_path / "report")
+    assert "**Dropped by 0.20 or more under RL:** red (0.50 -> 0.25)." in text
+    assert "| 0 | 0 | 0.0 | 0.500 | 0.250 |" in text and "| 2 | 3 | 2.0 | 0.625 | 0.312 |" in text
+    assert (tmp_path / "report/rl_curve.png").stat().st_size > 1000
+    assert "Dropped" not in write_report("title", table, table, history, tmp_path / "again")
+
+
 def test_report_compares_rl_with_baselines(tmp_path):
     table = success_table(trajectories())
     many = {**table, "success_rate": 0.625, "per_task": {**table["per_task"], "red": {"success_rate": 1.0}}}

@@ -159,11 +159,8 @@ def test_zero_success_policy_is_detected_and_rl_stops(tiny_policy, tiny_params, 
     assert "zero-success limit" in caplog.text
 
 
-TIMING_KEYS = {"rollout_time_s", "env_steps_per_s", "inference_time_s", "update_time_s"}
-
-
 def without_timings(history):
-    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in history]
+    return [{k: v for k, v in row.items() if not k.endswith(("_time_s", "_per_s"))} for row in history]
 
 
 @pytest.mark.parametrize("overrides", [None, ZERO3], ids=["zero0", "zero3"])
@@ -224,6 +221,34 @@ def test_segments_on_a_time_budget_resume_exactly_on_another_pool_size(tiny_para
     assert without_timings(history) == without_timings(expected)
     for a, b in zip(straight.model.parameters(), policy.model.parameters()):
         assert torch.equal(a, b)
+
+
+def test_the_learning_curve_measures_greedy_and_sampled_points_and_keeps_the_best(tiny_params, tiny_dataset,
+                                                                                  tmp_path):
+    from svrl_core.policies import load_policy
+    from svrl_core.report import curve_points
+
+    cfg = tiny_params.rl.model_copy(update={"iterations": 3, "curve_every": 2, "curve_states": 3,
+                                            "prompts_per_batch": 4, "max_idle_iterations": 10})
+    policy = new_policy(tiny_params.policy, tiny_dataset, seed=0)
+    (tmp_path / "best").mkdir()  # an earlier run's best: removed when this run starts
+    history = train_grpo(policy, LocalEnvPool(tiny_params.env, 16), list(tiny_params.env.tasks), cfg,
+                         best_dir=str(tmp_path / "best"))
+    points = curve_points(history)
+    assert [p["iteration"] for p in points] == [0, 2, 3], "the start, every 2 iterations, and the last"
+    assert [p["minutes"] for p in points] == sorted(p["minutes"] for p in points)
+    for point in points:
+        assert set(point["curve_greedy_per_task"]) == set(tiny_params.env.tasks)
+        assert point["curve_greedy"] == pytest.approx(sum(point["curve_greedy_per_task"].values()) / 2)
+        assert 0 <= point["curve_sampled"] <= 1
+    best = [row for row in history if row.get("curve_best")]
+    if best:  # the last best point's policy is the one kept
+        kept = load_policy(str(tmp_path / "best"), tiny_params.policy)
+        assert best[-1]["curve_greedy"] > points[0]["curve_greedy"]
+        if best[-1] is history[-1]:
+            assert all(torch.equal(a, b) for a, b in zip(kept.model.parameters(), policy.model.parameters()))
+    else:
+        assert not (tmp_path / "best").exists()
 
 
 def test_state_of_another_run_is_not_resumed(tiny_params, tiny_dataset, tmp_path):

@@ -12,10 +12,12 @@ from typing import Callable
 import numpy as np
 import torch
 
+from svrl_core.algos.curve import LearningCurve
 from svrl_core.algos.grpo import approx_kl, clipped_token_losses, group_advantages, sequence_token_weights
 from svrl_core.algos.grpo_batch import KeptBatch, PromptSampler, collect_mixed_groups, prompt_sampler
 from svrl_core.config import ConfigError, RlConfig
 from svrl_core.experts.layouts import SeedMap, consecutive
+from svrl_core.io import remove_directory
 from svrl_core.policies import PolicyInputs, VLAPolicy, token_log_probs
 from svrl_core.progress import Progress
 from svrl_core.rollout import EnvPool, RolloutStats, Trajectory
@@ -220,8 +222,9 @@ class SegmentBudget:
         self.began = self.iteration_began = time.monotonic()
         self.longest = 0.0
 
-    def start_iteration(self) -> None:
+    def start_iteration(self) -> float:
         self.iteration_began = time.monotonic()
+        return self.iteration_began
 
     def next_iteration_would_overrun(self) -> bool:
         if self.max_wall_s is None:
@@ -234,7 +237,8 @@ class SegmentBudget:
 def train_grpo(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: RlConfig,
                on_iteration: Callable[[dict], None] = lambda row: None,
                state_dir: str | Path | None = None, fingerprint: str = "",
-               engine_overrides: dict | None = None, seed_of: SeedMap = consecutive) -> list[dict]:
+               engine_overrides: dict | None = None, seed_of: SeedMap = consecutive,
+               best_dir: str | None = None) -> list[dict]:
     """Run `cfg.iterations` GRPO iterations on `policy` in place; returns one metrics row per iteration.
     `seed_of` picks the initial states (every one, or the layouts the expert solves).
 
@@ -243,6 +247,8 @@ def train_grpo(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: RlConfig
 
     With `state_dir`, the state is saved every `cfg.checkpoint_every` iterations and a run
     with the same fingerprint resumes from it, giving the same metrics as an uninterrupted run.
+    With `cfg.curve_every`, rows carry learning-curve points (svrl_core/algos/curve.py) and the
+    policy of the best one so far is saved to `best_dir`.
     """
     if cfg.max_wall_s is not None and state_dir is None:
         raise ConfigError("rl.max_wall_s ends a segment, which needs somewhere to keep its state (paths.rl_state)")
@@ -255,6 +261,8 @@ def train_grpo(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: RlConfig
     saved = load_training_state(state_dir, fingerprint, ranks, partitioned) if state_dir else None
     if saved:  # weights first: ZeRO builds its partitions from them when the engine starts
         policy.load_weights_of(saved.policy)
+    elif best_dir and ranks.is_writer:
+        remove_directory(best_dir)  # an earlier run's best, never this run's
     trainer = DeepSpeedTrainer(policy.model, cfg.lr, cfg.weight_decay, cfg.grad_clip, cfg.mini_batch_trajectories,
                                engine_overrides)
     if saved:
@@ -264,14 +272,21 @@ def train_grpo(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: RlConfig
     progress = Progress("rl", cfg.iterations, "iterations")
     stalled = lambda: idle_streak(history) >= cfg.max_idle_iterations  # noqa: E731
     budget = SegmentBudget(cfg.max_wall_s, ranks)
+    curve = LearningCurve(policy, pool, tasks, cfg, seed_of, ranks, best_dir)
     while len(history) < cfg.iterations and not stalled():
-        budget.start_iteration()
-        row = grpo_iteration(policy, pool, trainer, sampler, cfg, len(history) + 1, ranks)
+        began, start = budget.start_iteration(), {}
+        if curve.requests and not history:  # the starting policy's point
+            curve.measure(start, "curve_before")
+        row = {**start, **grpo_iteration(policy, pool, trainer, sampler, cfg, len(history) + 1, ranks)}
         history.append(row)
+        last = len(history) == cfg.iterations or stalled()
+        if curve.due(len(history), last):
+            curve.measure(row)
+            row["curve_best"] = curve.keep_if_best(row, history)
+        row["run_time_s"] = (history[-2]["run_time_s"] if len(history) > 1 else 0.0) + time.monotonic() - began
         if ranks.is_writer:
             on_iteration(row)
             progress.update(len(history), success=row["success_rate"], kept=row["kept_group_fraction"])
-        last = len(history) == cfg.iterations or stalled()
         segment_ends = not last and budget.next_iteration_would_overrun()
         if state_dir and (len(history) % cfg.checkpoint_every == 0 or last or segment_ends):
             save_training_state(state_dir, fingerprint, policy, trainer.optimizer_state(),

@@ -77,9 +77,15 @@ def remove_partitions(directory: str | Path, but: str | None = None) -> None:
 
 
 def remove_training_state(directory: str | Path) -> None:
-    """Delete a run's resumable state and its ranks' partitions."""
+    """Delete a run's resumable state, its ranks' partitions and its best policy."""
     remove_directory(directory)
     remove_directory(partitions_root(directory))
+    remove_directory(best_policy_dir(directory))
+
+
+def best_policy_dir(directory: str | Path) -> str:
+    """Where a run whose state is in `directory` keeps the policy of its best learning-curve point."""
+    return f"{str(directory).rstrip('/')}.best"
 
 
 def load_training_state(directory: str | Path, fingerprint: str, ranks: Ranks = Ranks(),
