@@ -205,7 +205,8 @@ def test_the_slurm_gpu_driver_runs_the_pipeline_on_the_nodes_gpus():
     text = (ROOT / "infra/slurm/driver.sbatch").read_text()
     directives = dict(re.findall(r"^#SBATCH (\S+?)[ =](\S+)", text, re.M))
     assert directives["--gres"].startswith("gpu:") and directives["-N"] == "1"
-    assert 'cd "$SLURM_SUBMIT_DIR"' in text and "exec bash infra/system/run-driver.sh" in text
+    assert 'cd "$SLURM_SUBMIT_DIR"' in text and "bash infra/system/run-driver.sh || status=$?" in text
+    assert "#SBATCH --requeue" in text and 'scontrol requeue "$SLURM_JOB_ID"' in text  # a segment ended (exit 75)
     readme = (ROOT / "infra/README.md").read_text()
     assert f"{int(directives['-t'].split(':')[0])} h walltime" in readme and "--mem=0" in readme
     assert ".venv/bin" not in text and str(ROOT) not in text
@@ -221,6 +222,9 @@ def test_the_kubernetes_gpu_driver_connects_to_the_workers_scheduler():
     container = pod["containers"][0]
     env = {e["name"]: e["value"] for e in container["env"]}
     assert container["image"] == "svrl:cuda" and container["command"] == ["bash", "infra/system/run-driver.sh"]
+    segment = docs["Job"]["spec"]["podFailurePolicy"]["rules"][0]  # rl ended a segment: a new pod continues
+    assert segment["action"] == "Ignore" and segment["onExitCodes"]["values"] == [75]
+    assert segment["onExitCodes"]["containerName"] == container["name"] and pod["restartPolicy"] == "Never"
     assert env["SVRL_SCHEDULER"] == f"tcp://{service['metadata']['name']}:{port}"
     gpus, memory = container["resources"]["limits"]["nvidia.com/gpu"], container["resources"]["requests"]["memory"]
     shm = next(v for v in pod["volumes"] if v["name"] == "shm")["emptyDir"]["sizeLimit"]
@@ -232,13 +236,15 @@ def test_the_kubernetes_gpu_driver_connects_to_the_workers_scheduler():
 
 
 def run_driver(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
-    """infra/system/run-driver.sh in a copy of the checkout, with a `make` that only records its arguments."""
+    """infra/system/run-driver.sh in a copy of the checkout, with a `make` and a venv python that only record
+    their arguments (the python exits with $PIPELINE_STATUS)."""
     (tmp_path / "configs").mkdir(exist_ok=True)
     shutil.copy2(ROOT / "configs/libero_oft_7b.yaml", tmp_path / "configs")
-    fake_make = tmp_path / "bin/make"
-    fake_make.parent.mkdir(exist_ok=True)
-    fake_make.write_text('#!/bin/sh\necho "$@" >> make-calls.txt\n')
-    fake_make.chmod(0o755)
+    fake_make, fake_python = tmp_path / "bin/make", tmp_path / ".venv/bin/python"
+    for fake, status in ((fake_make, "0"), (fake_python, "${PIPELINE_STATUS:-0}")):
+        fake.parent.mkdir(parents=True, exist_ok=True)
+        fake.write_text(f'#!/bin/sh\necho "$0 $@" >> calls.txt\nexit {status}\n')
+        fake.chmod(0o755)
     path = f"{fake_make.parent}:{Path(shutil.which('sed')).parent}:{Path(shutil.which('grep')).parent}"
     return subprocess.run([BASH, str(ROOT / "infra/system/run-driver.sh")], cwd=tmp_path, capture_output=True,
                           text=True, timeout=60, env={"PATH": path, **env})
@@ -252,11 +258,19 @@ def test_the_driver_runs_sft_and_rl_on_all_gpus_with_the_shared_scheduler(tmp_pa
     params = load_params(tmp_path / "params.yaml")
     assert params.compute.scheduler_address == "tcp://svrl-dask-scheduler:8786"
     assert params.compute.ranks == "gpus"  # sft and rl relaunch under torchrun, one rank per GPU
-    assert (tmp_path / "make-calls.txt").read_text().splitlines() == [
-        "run CONFIG= TORCH_VARIANT=cuda", "push REMOTE=local TORCH_VARIANT=cuda"]
+    assert (tmp_path / "calls.txt").read_text().splitlines() == [
+        f"{tmp_path}/bin/make setup TORCH_VARIANT=cuda",
+        ".venv/bin/python -m flows.server exec .venv/bin/python -m flows.pipeline",
+        f"{tmp_path}/bin/make push REMOTE=local TORCH_VARIANT=cuda"]
+
+
+def test_the_driver_passes_on_a_segments_end_and_pushes_only_a_finished_run(tmp_path):
+    done = run_driver(tmp_path, SVRL_SCHEDULER="tcp://h:8786", SVRL_PUSH_REMOTE="local", PIPELINE_STATUS="75")
+    assert done.returncode == 75  # driver.sbatch requeues the job on it
+    assert "push" not in (tmp_path / "calls.txt").read_text()
 
 
 def test_the_driver_refuses_to_start_without_a_scheduler(tmp_path):
     done = run_driver(tmp_path)
     assert done.returncode == 2 and "set SVRL_SCHEDULER=tcp://HOST:PORT" in done.stderr
-    assert not (tmp_path / "params.yaml").exists() and not (tmp_path / "make-calls.txt").exists()
+    assert not (tmp_path / "params.yaml").exists() and not (tmp_path / "calls.txt").exists()

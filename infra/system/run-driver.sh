@@ -17,8 +17,10 @@ if ! grep -q "^  scheduler_address: $SVRL_SCHEDULER$" params.yaml || ! grep -q "
   echo "run-driver: $config has no compute.scheduler_address or compute.ranks line to set" >&2
   exit 2
 fi
-# CONFIG= keeps make from copying a config over params.yaml (an exported CONFIG would).
-make run CONFIG= TORCH_VARIANT=cuda
+make setup TORCH_VARIANT=cuda
+# What `make run` runs, called directly to keep its exit status: 75 when rl ended a segment on its time
+# budget (rl.max_wall_s) with its state saved; running this again continues the run (driver.sbatch requeues).
+.venv/bin/python -m flows.server exec .venv/bin/python -m flows.pipeline
 # Outputs that DVC tracks go to a DVC remote (e.g. s3, credentials in AWS_* variables) when asked.
 if [[ -n "${SVRL_PUSH_REMOTE:-}" ]]; then
   make push REMOTE="$SVRL_PUSH_REMOTE" TORCH_VARIANT=cuda
