@@ -88,7 +88,7 @@ def test_report_says_which_states_training_saw():
     from svrl_core.config import load_params
     from tasks.report import describe_protocol
 
-    libero = describe_protocol(load_params("params.yaml"))
+    libero = describe_protocol(load_params("configs/libero_object.yaml"))
     assert "initial states 0..29" in libero and "RL trained on them too" in libero
     assert "Demonstrations never used these states" in libero
     toy = describe_protocol(load_params("configs/toy.yaml"))

@@ -19,6 +19,7 @@ from svrl_core.config import EnvConfig
 from svrl_core.envs.base import Obs, StepResult
 from svrl_core.envs.libero import suites
 from svrl_core.envs.libero.render import CameraRenderer, simplify_render_meshes
+from svrl_core.envs.libero.repeated_forward import SkipRepeatedForward
 
 NOOP = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)  # OSC_POSE delta, gripper open
 CAMERAS = ("agentview", "robot0_eye_in_hand")
@@ -63,6 +64,13 @@ class _TaskSim:
             simplify_render_meshes(model, cfg.render_mesh_faces)
         self.renderer = CameraRenderer(model, cfg.image_size, cfg.image_size, msaa=cfg.msaa)
         self.env.seed(0)  # the official eval seeds once; init states fix everything else
+        self.forwards = SkipRepeatedForward(self.env.sim) if cfg.skip_repeated_forward else None
+
+    def step(self, action: np.ndarray) -> dict:
+        """One control step (robosuite's 25 physics substeps) -> robosuite's observation dict."""
+        if self.forwards is None:
+            return self.env.step(action)[0]
+        return self.forwards.control_step(self.env.step, action)[0]
 
     def reset(self, state: np.ndarray) -> dict:
         self.env.reset()
@@ -107,7 +115,7 @@ class LiberoEnv:
         try:
             self._raw = self._sim.reset(state)
             for _ in range(suites.SETTLE_STEPS):
-                self._raw, *_ = self._sim.env.step(NOOP)
+                self._raw = self._sim.step(NOOP)
         except Exception as err:  # noqa: BLE001 - recorded as this episode's failure, never dropped
             self._fail(err)
             return self._blank_obs()
@@ -128,7 +136,7 @@ class LiberoEnv:
                 for action in chunk:
                     if self._success or self._steps >= self.max_steps:
                         break
-                    self._raw, _, _, _ = self._sim.env.step(np.clip(action, -1.0, 1.0))
+                    self._raw = self._sim.step(np.clip(action, -1.0, 1.0))
                     self._steps += 1
                     executed += 1
                     self._success = bool(self._sim.env.check_success())
