@@ -151,10 +151,9 @@ def report_markdown(title: str, sft: dict, rl: dict, history: list[dict], protoc
     flagged = [f"**Dropped by {DROP_FLAG:.2f} or more under RL:** {', '.join(dropped)}.", ""] if dropped else []
     points = curve_points(history)
     curve = ["## Learning curve", "",
-             f"Every {points[1]['iteration'] - points[0]['iteration'] if len(points) > 1 else '-'} iterations, "
-             "the policy on a fixed subset of the initial states: greedy as evaluated, and sampled at the rollout "
-             "temperature. When a point beats the starting policy, the best one's policy is in the RL model's best/ "
-             "folder.", "",
+             "The policy during RL on a fixed subset of the initial states: greedy as evaluated, and sampled at "
+             "the rollout temperature. When a point beats the starting policy, the best one's policy is in the "
+             "RL model's best/ folder.", "",
              "![learning curve](rl_curve.png)", "", curve_markdown(points), ""] if points else []
     return "\n".join([
         f"# {title}", "",
@@ -162,8 +161,8 @@ def report_markdown(title: str, sft: dict, rl: dict, history: list[dict], protoc
         success_markdown(sft, rl), "",
         *flagged,
         *compared,
-        *curve,
         "![success per task](success.png)", "",
+        *curve,
         f"## GRPO: {len(history)} iterations", "",
         f"Last iteration: rollout success {last.get('success_rate', float('nan')):.2f}, "
         f"kept groups {last.get('kept_group_fraction', float('nan')):.2f}, "
