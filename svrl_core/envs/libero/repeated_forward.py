@@ -12,7 +12,7 @@ from __future__ import annotations
 
 
 class SkipRepeatedForward:
-    """Wraps one robosuite env's `sim.forward` / `sim.step`; `stepping()` marks where skipping is allowed."""
+    """Wraps one robosuite env's `sim.forward` / `sim.step`; only inside `control_step` is a forward skipped."""
 
     def __init__(self, sim):
         self._forward, self._step = sim.forward, sim.step
