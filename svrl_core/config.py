@@ -290,6 +290,8 @@ class RlConfig(Section):
     prompt_order: Literal["cycle", "shuffle"] = Field("cycle", description="cycle: tasks x states in order; "
                                                       "shuffle: a fresh seeded permutation every pass (needs "
                                                       "initial_states)")
+    rest_uniform_prompts: bool = Field(False, description="a prompt whose group had one outcome sits out the "
+                                       "next pass (needs initial_states): fewer env steps per mixed group")
     max_steps: int | Literal["oft", "simplevla"] | None = Field(None, description="step limit of RL rollouts, a "
                                                                 "preset or a number; None: env.max_steps (eval's)")
     temperature: float = Field(1.6, gt=0.0, le=10.0)
@@ -332,6 +334,8 @@ class RlConfig(Section):
         if self.train_groups is not None and self.max_rollouts < self.prompts_per_batch * self.group_size:
             raise ValueError(f"max_rollouts={self.max_rollouts} is less than one batch (prompts_per_batch x group_size"
                              f" = {self.prompts_per_batch * self.group_size})")
+        if self.rest_uniform_prompts and self.initial_states is None:
+            raise ValueError("rest_uniform_prompts rests prompts that come back each pass; set rl.initial_states")
         if self.prompt_order == "shuffle" and self.initial_states is None:
             raise ValueError("prompt_order: shuffle permutes tasks x initial_states; set rl.initial_states")
         if isinstance(self.max_steps, int) and self.max_steps < 1:

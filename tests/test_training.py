@@ -197,10 +197,13 @@ def test_segments_on_a_time_budget_resume_exactly_on_another_pool_size(tiny_para
     from svrl_core.training import SegmentEnded
 
     cfg = tiny_params.rl.model_copy(update={"iterations": 4, "checkpoint_every": 10, "prompts_per_batch": 4,
-                                            "max_refills": 2, "max_idle_iterations": 10})
+                                            "max_refills": 2, "max_idle_iterations": 10, "initial_states": 2,
+                                            "rest_uniform_prompts": True})
     tasks = list(tiny_params.env.tasks)
     straight = new_policy(tiny_params.policy, tiny_dataset, seed=0)
     expected = train_grpo(straight, LocalEnvPool(tiny_params.env, 16), tasks, cfg)
+    drawn = sum(row["prompts"][1] - row["prompts"][0] for row in expected)
+    assert drawn > sum(row["episodes"] for row in expected) // cfg.group_size  # some prompts rested
     with pytest.raises(ConfigError, match="rl.max_wall_s ends a segment, which needs .*paths.rl_state"):
         train_grpo(straight, LocalEnvPool(tiny_params.env, 16), tasks, cfg.model_copy(update={"max_wall_s": 1}))
     segments, pool_sizes = [], iter([16, 5, 3, 7, 2])
@@ -362,6 +365,29 @@ def test_shuffled_prompts_are_seeded_cover_every_prompt_each_pass_and_resume():
     assert first[:12] != sorted(first[:12])
     resumed = PromptSampler(tasks, 10, cursor=17, initial_states=4, shuffle_seed=7)  # the cursor is the state
     assert prompts(resumed, 7) == first[17:]
+
+
+def test_prompts_whose_group_had_one_outcome_sit_out_the_next_pass_and_return_after_it():
+    def sampler():
+        return PromptSampler(["a", "b"], 0, initial_states=2, shuffle_seed=3, rest_uniform=True)
+
+    def one_pass(prompts, outcome):  # 4 prompts, groups of 2; outcome: (task, seed) -> the group's rewards
+        requests = prompts.next_requests(1, 2)
+        prompts.record(requests, torch.tensor(outcome[requests[0].task, requests[0].seed]), 2)
+        return (requests[0].task, requests[0].seed)
+
+    outcome = {("a", 0): [1.0, 1.0], ("b", 0): [0.0, 0.0], ("a", 1): [1.0, 0.0], ("b", 1): [0.0, 1.0]}
+    prompts = sampler()
+    first = {one_pass(prompts, outcome) for _ in range(4)}
+    assert first == set(outcome) and prompts.cursor == 4
+    second = [one_pass(prompts, outcome) for _ in range(2)]  # pass 2: the uniform two rest
+    assert set(second) == {("a", 1), ("b", 1)} and prompts.cursor == 8
+    third = [one_pass(prompts, outcome) for _ in range(4)]  # pass 3: all back; no prompt rests twice running
+    assert set(third) == set(outcome) and prompts.cursor == 12
+    resumed = sampler()  # the cursor and the one-outcome record are the state
+    resumed.cursor, resumed.uniform_in_pass = prompts.cursor, dict(prompts.uniform_in_pass)
+    assert resumed.next_requests(2, 1) == prompts.next_requests(2, 1)
+    assert PromptSampler(["a"], 0, initial_states=2).rests(2) is False  # off by default
 
 
 def test_shuffle_needs_a_finite_prompt_set_and_the_rl_step_limit_is_its_own(tiny_params):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,7 +28,11 @@ class PromptSampler:
 
     In order: tasks round robin, states cycling over `initial_states` (None: a new state every
     prompt). Shuffled (`shuffle_seed` set, as SimpleVLA-RL's dataloader): each pass over the
-    tasks x initial_states prompts is a fresh permutation drawn from (shuffle_seed, pass)."""
+    tasks x initial_states prompts is a fresh permutation drawn from (shuffle_seed, pass).
+
+    With `rest_uniform`, a prompt whose group had one outcome (all success or all failure) sits out
+    the next pass and comes back in the one after: such a group trains nothing, and an all-failure
+    one costs the most env steps. `uniform_in_pass` (prompt -> that pass) is state beside the cursor."""
 
     tasks: list[str]
     seed_start: int
@@ -36,6 +40,8 @@ class PromptSampler:
     initial_states: int | None = None
     shuffle_seed: int | None = None
     seed_of: SeedMap = consecutive  # the n-th initial state from seed_start: every one, or the solvable ones
+    rest_uniform: bool = False
+    uniform_in_pass: dict[str, int] = field(default_factory=dict)  # "task|seed" -> pass of its one-outcome group
 
     def prompt(self, index: int) -> tuple[str, int]:
         """The index-th prompt: (task, initial state)."""
@@ -48,19 +54,43 @@ class PromptSampler:
             return task, self.seed_of(task, self.seed_start, index)
         return task, self.seed_of(task, self.seed_start, (index // len(self.tasks)) % self.initial_states)
 
+    def pass_of(self, index: int) -> int:
+        return index // (len(self.tasks) * self.initial_states)
+
+    def rests(self, index: int) -> bool:
+        """Does the index-th prompt sit out its pass? Only right after a pass with one outcome, so a
+        prompt rests at most every other pass, and a whole pass never rests twice in a row."""
+        if not self.rest_uniform:
+            return False
+        task, seed = self.prompt(index)
+        return self.uniform_in_pass.get(f"{task}|{seed}") == self.pass_of(index) - 1
+
     def next_requests(self, n_prompts: int, group_size: int) -> list[EpisodeRequest]:
         requests = []
-        for _ in range(n_prompts):
-            task, seed = self.prompt(self.cursor)
-            requests += [EpisodeRequest(task, seed, group=self.cursor)] * group_size
+        while len(requests) < n_prompts * group_size:
+            if not self.rests(self.cursor):
+                task, seed = self.prompt(self.cursor)
+                requests += [EpisodeRequest(task, seed, group=self.cursor)] * group_size
             self.cursor += 1
         return requests
+
+    def record(self, requests: list[EpisodeRequest], rewards: torch.Tensor, group_size: int) -> None:
+        """Note which prompts' groups had one outcome (rewards (n,), group by group)."""
+        if not self.rest_uniform:
+            return
+        for first in range(0, len(requests), group_size):
+            request, group = requests[first], rewards[first:first + group_size]
+            key = f"{request.task}|{request.seed}"
+            if bool((group == group[0]).all()):
+                self.uniform_in_pass[key] = self.pass_of(request.group)
+            else:
+                self.uniform_in_pass.pop(key, None)
 
 
 def prompt_sampler(tasks: list[str], cfg: RlConfig, seed_of: SeedMap = consecutive) -> PromptSampler:
     shuffle_seed = cfg.seed if cfg.prompt_order == "shuffle" else None
     return PromptSampler(tasks, cfg.seed_start, initial_states=cfg.initial_states, shuffle_seed=shuffle_seed,
-                         seed_of=seed_of)
+                         seed_of=seed_of, rest_uniform=cfg.rest_uniform_prompts)
 
 
 def may_refill(cfg: RlConfig, attempt: int, episodes: int) -> bool:
@@ -123,6 +153,7 @@ def collect_mixed_groups(policy: VLAPolicy, pool: EnvPool, sampler: PromptSample
             break
         requests = sampler.next_requests(cfg.prompts_per_batch, cfg.group_size)
         ran, batch_rewards, batch_tokens = rollout_share(policy, pool, requests, cfg, stats, ranks)
+        sampler.record(requests, batch_rewards, cfg.group_size)
         if spare is None:
             spare = next((t.observations[0] for t in ran.values() if t.observations), None)
         mixed = keep_mixed_groups(batch_rewards, cfg.group_size, *cfg.keep_success_range)  # (n_groups,)

@@ -268,6 +268,7 @@ def train_grpo(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: RlConfig
     if saved:
         trainer.load_optimizer_state(saved.optimizer_state)
         history, sampler.cursor = saved.progress["history"], saved.progress["prompt_cursor"]
+        sampler.uniform_in_pass = saved.progress.get("uniform_prompts", {})
         logger.info("rl: resuming after iteration %d from %s", len(history), state_dir)
     progress = Progress("rl", cfg.iterations, "iterations")
     stalled = lambda: idle_streak(history) >= cfg.max_idle_iterations  # noqa: E731
@@ -290,7 +291,8 @@ def train_grpo(policy: VLAPolicy, pool: EnvPool, tasks: list[str], cfg: RlConfig
         segment_ends = not last and budget.next_iteration_would_overrun()
         if state_dir and (len(history) % cfg.checkpoint_every == 0 or last or segment_ends):
             save_training_state(state_dir, fingerprint, policy, trainer.optimizer_state(),
-                                {"history": history, "prompt_cursor": sampler.cursor, "step": len(history)}, ranks,
+                                {"history": history, "prompt_cursor": sampler.cursor, "step": len(history),
+                                 "uniform_prompts": sampler.uniform_in_pass}, ranks,
                                 partitioned)
         if segment_ends:
             raise SegmentEnded(f"rl stopped after iteration {len(history)} of {cfg.iterations}: the next one would "
