@@ -6,7 +6,7 @@ STAMP := $(VENV)/.svrl-setup-done
 SYSTEM_PACKAGES := git g++ make python3-venv libegl1 libegl-mesa0 libgl1-mesa-dri libgles2 libglvnd0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup print-torch-variant run repro test bench ui ui-down deploy push pull
+.PHONY: setup print-torch-variant run repro exps test bench ui ui-down deploy push pull
 REMOTE ?= local  # a DVC remote in .dvc/config: local (a directory) or s3 (AWS_* variables)
 # torch's build: cpu or cuda; empty: cuda where `nvidia-smi -L` lists a GPU (infra/system/torch_variant.sh).
 TORCH_VARIANT ?=
@@ -50,6 +50,9 @@ run: setup
 
 repro: setup  # plain `dvc repro`, with the venv's python first on PATH (dvc.yaml runs `python -m ...`)
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/dvc repro
+
+exps: setup  # DVC experiments side by side: changed params and headline metrics (ARGS: dvc exp show options)
+	$(PY) -m tasks.experiments $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q --durations=20 tests  # the slowest tests, to keep make test under 25 min

@@ -126,7 +126,7 @@ def robot_client_p50(url: str, obs: Obs, n: int) -> float:
 
 def start_server(bundle_dir: Path, threads: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-c", "from flows.cli import main; main()", "serve", str(bundle_dir),
+    process = subprocess.Popen([sys.executable, "-m", "flows.svrl", "serve", str(bundle_dir),
                                 "--port", str(port), "--threads", str(threads)], env={**os.environ, "SVRL_API_KEY": KEY},
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120

@@ -86,18 +86,3 @@ def run_stage(flow: Callable[..., object], replica: Callable[..., None] | None =
               f"(`make ui`, or unset PREFECT_API_URL for a temporary one), then rerun the stage", file=sys.stderr)
         sys.exit(2)
 
-
-def main() -> None:
-    """`svrl STAGE [--params PATH]` where STAGE is a dvc.yaml stage or `pipeline`;
-    `svrl serve BUNDLE`, `svrl drive` and `svrl sign BUNDLE` run a policy beside a (simulated) robot."""
-    if sys.argv[1:2] in (["serve"], ["drive"], ["sign"]):  # no Prefect needed: skip importing the flows
-        from tasks.deploy import drive_main, serve_main, sign_main
-
-        return {"serve": serve_main, "drive": drive_main, "sign": sign_main}[sys.argv[1]](sys.argv[2:])
-    from flows.pipeline import REPLICAS, STAGE_FLOWS, pipeline_flow
-
-    flows = {**STAGE_FLOWS, "pipeline": pipeline_flow}
-    if len(sys.argv) < 2 or sys.argv[1] not in flows:
-        sys.exit(f"usage: svrl {{{'|'.join(flows)}}} [--params PATH] | svrl serve BUNDLE | svrl drive | svrl sign BUNDLE")
-    name = sys.argv.pop(1)
-    run_stage(flows[name], REPLICAS.get(name))

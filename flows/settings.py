@@ -1,4 +1,4 @@
-"""Prefect settings in one place (PLATFORM.md); imported before Prefect by every flow."""
+"""Prefect settings in one place; imported before Prefect by every flow."""
 
 import os
 from pathlib import Path

@@ -126,6 +126,20 @@ def baseline_markdown(rl: dict, baselines: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def headline_metrics(sft: dict, rl: dict, history: list[dict]) -> dict:
+    """One run in a few numbers: greedy (the official protocol) and sampled success before and after RL,
+    their change, and what RL cost (rollouts, mixed groups trained, minutes)."""
+    headline = {"sft_greedy": sft["success_rate"], "rl_greedy": rl["success_rate"],
+                "greedy_change": rl["success_rate"] - sft["success_rate"]}
+    if "sampled" in sft and "sampled" in rl:
+        before, after = sft["sampled"]["success_rate"], rl["sampled"]["success_rate"]
+        headline.update(sft_sampled=before, rl_sampled=after, sampled_change=after - before)
+    headline.update(rl_episodes=sum(row["episodes"] for row in history),
+                    rl_mixed_groups=sum(row.get("mixed_groups", 0) for row in history),
+                    rl_minutes=history[-1].get("run_time_s", 0.0) / 60 if history else 0.0)
+    return headline
+
+
 def write_report(title: str, sft: dict, rl: dict, history: list[dict], directory: str | Path,
                  protocol: str = "Greedy success rate per task.", baselines: dict[str, dict] | None = None) -> str:
     """Write report.md, success.png and learning_curve.png as the directory `directory`; returns the markdown.

@@ -6,8 +6,8 @@ from prefect import task
 
 from svrl_core.config import Params
 from svrl_core.io import join, read_json
-from svrl_core.report import write_report
-from tasks.metrics import read_existing_json, read_metrics
+from svrl_core.report import headline_metrics, write_report
+from tasks.metrics import read_existing_json, read_metrics, write_metrics
 
 
 @task
@@ -15,6 +15,7 @@ def write_pipeline_report(params: Params) -> str:
     sft, rl = read_metrics(params, "eval_sft"), read_metrics(params, "eval_rl")
     history = read_json(join(params.paths.plots, "rl_history.json"))
     protocol = describe_protocol(params) + describe_skipped_layouts(params, sft)
+    write_metrics(params, "headline", headline_metrics(sft, rl, history))
     return write_report(params.report.title, sft, rl, history, params.paths.report, protocol,
                         {label: read_baseline(label, path) for label, path in params.report.baselines.items()})
 

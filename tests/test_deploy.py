@@ -283,7 +283,7 @@ def test_svrl_sign_serve_and_drive_from_the_command_line(bundle_dir, tiny_params
     port, signed = free_port(), tmp_path / "signed"
     shutil.copytree(bundle_dir, signed)
     env = {**os.environ, "SVRL_API_KEY": KEY, "SVRL_BUNDLE_KEY": "bundle-signing-key-0123"}
-    svrl = [sys.executable, "-c", "from flows.cli import main; main()"]
+    svrl = [sys.executable, "-m", "flows.svrl"]
     assert "set SVRL_API_KEY" in subprocess.run([*svrl, "serve", str(bundle_dir)], capture_output=True, text=True,
                                                 env={**os.environ, "SVRL_API_KEY": ""}, timeout=120).stderr
     assert subprocess.run([*svrl, "sign", str(signed)], env=env, timeout=120).returncode == 0

@@ -1,4 +1,4 @@
-"""The GRPO math, pinned by hand-computed values (FACTS.md, STYLE.md)."""
+"""The GRPO math, pinned by hand-computed values (SimpleVLA-RL's and verl's core_algos.py formulas)."""
 
 import pytest
 import torch

@@ -350,6 +350,11 @@ def test_dvc_experiments_sweep_a_parameter(project):
     assert stages_run(result.stdout + result.stderr) == {"rl", "eval_rl", "export", "report"}, result.stdout
     table = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     assert "lr-sweep" in json.dumps(table)
+    side_by_side = run([sys.executable, "-m", "tasks.experiments"], project).stdout  # `make exps`
+    assert max(len(line) for line in side_by_side.splitlines()) <= 120, side_by_side
+    sweep = next(line for line in side_by_side.splitlines() if line.startswith("lr-sweep"))
+    headline = json.loads((project / "metrics/headline.json").read_text())
+    assert sweep.split()[1] == "rl.lr=0.0123" and f"{100 * headline['greedy_change']:+.1f}" in side_by_side
 
 
 def test_stages_write_outputs_straight_to_s3(project, s3_endpoint, tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 """Import official LIBERO demonstration files (`<task>_demo.hdf5`, robomimic layout) as Episodes.
 
-Layout (FACTS.md): group `data` with attribute `problem_info` (JSON holding
+Layout (LIBERO's released datasets, robomimic's hdf5): group `data` with attribute `problem_info` (JSON holding
 `language_instruction`) and `macros_image_convention` ("opengl": images stored upside
 down); groups `data/demo_N` with `actions` (T, 7) and `obs/{agentview_rgb, eye_in_hand_rgb,
 ee_pos, ee_ori, gripper_states}`. Images are turned upright to match our renderer, and the

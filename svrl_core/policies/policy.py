@@ -1,6 +1,6 @@
 """VLAPolicy: the policy contract every stage uses, in bin space 0..n_bins-1.
 
-Contract (DESIGN.md): prepare, sample, log_probs (+ entropy), greedy, bins_to_actions,
+Contract: prepare, sample, log_probs (+ entropy), greedy, bins_to_actions,
 save/load. Families (registry.py): TinyVLA (tiny_policy.py) and OpenVLA-OFT (openvla_oft/).
 """
 

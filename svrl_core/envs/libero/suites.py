@@ -1,4 +1,5 @@
-"""LIBERO suites, tasks, official initial states and step limits (FACTS.md, LIBERO protocol)."""
+"""LIBERO suites, tasks, official initial states and step limits (the LIBERO benchmark's evaluation protocol,
+as OpenVLA-OFT's experiments/robot/libero/run_libero_eval.py runs it)."""
 
 from __future__ import annotations
 
