@@ -7,7 +7,7 @@ episodes: the share that stalled (the end effector moved under 1 cm over the las
 and that never closed the gripper. For each greedy rule: how often a query repeats the previous
 query's chunk exactly, and per action dimension the share of tokens decoded to an edge bin
 (where clipped full-scale labels pile up), beside the demo labels' own share when --demos is
-given. docs/decoding.md has what this measured.
+given. docs/results/libero.md has what this measured.
 """
 
 from __future__ import annotations

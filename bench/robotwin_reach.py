@@ -6,7 +6,7 @@ block, 0 = ignores it) and the mean xy error:
   closed loop    the policy acts greedily from the layout's reset; its TCP at the expert's grasp step
   teacher-forced on the demos' own frames: the TCP of the chunk's last joint target, the demo's
                  label beside it (needs every demo layout solved, so demo e is layout seed_start + e)
-docs/robotwin_learning.md has the numbers this measured.
+docs/results/dual_arm.md has the numbers this measured.
 
     python -m bench.robotwin_reach --params configs/robotwin.yaml [--layouts 16] [--frames 5 15]
 """

@@ -260,7 +260,7 @@ class EvalConfig(Section):
     decoding: Literal["argmax", "mean"] = Field("mean", description="the deterministic (greedy) action of each "
                                                 "token, in evaluation and in the exported bundle: the expected "
                                                 "bin (mean) or the most likely bin (argmax, OpenVLA's rule); "
-                                                "see docs/decoding.md")
+                                                "see docs/results/libero.md")
     episodes_per_task: int = Field(50, ge=1, le=100_000)
     seed_start: int = Field(1_000_000, ge=0, description="first evaluated initial state; the report says "
                                                           "whether ingest or rl used these states")

@@ -24,6 +24,12 @@ def test_default_params_are_the_toy_config_and_the_libero_one_keeps_demos_off_th
     assert not demo_states & eval_states and max(demo_states | eval_states) < 50
 
 
+@pytest.mark.parametrize("config", sorted(str(p) for p in Path("configs").glob("*.yaml")))
+def test_every_named_config_loads(config):
+    """`make run CONFIG=name` copies configs/name.yaml over params.yaml: each must pass validation."""
+    load_params(config)
+
+
 @pytest.mark.parametrize("config", ["params.yaml", *sorted(str(p) for p in Path("configs").glob("*.yaml"))])
 def test_every_param_that_dvc_tracks_is_in_each_config(config):
     """`dvc repro` / `dvc commit` fail on a params key that the file lacks, even one whose default is null."""

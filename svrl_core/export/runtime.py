@@ -93,7 +93,7 @@ def decode_bins(logits: torch.Tensor, decoding: str) -> torch.Tensor:
     argmax: the most likely bin (OpenVLA). mean: the bin nearest the token distribution's
     expected bin. Training labels pile up in the edge bins (saturated, clipped actions), so
     argmax often jumps to a full-scale action where the distribution's bulk asks for a small
-    one; the mean follows the bulk (docs/decoding.md has the measurements). svrl's in-process
+    one; the mean follows the bulk (docs/results/libero.md has the measurements). svrl's in-process
     greedy actions call this same function, so a bundle acts exactly like its policy.
     """
     if decoding == "argmax":
