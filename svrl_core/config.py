@@ -56,8 +56,8 @@ class EnvConfig(Section):
     render_mesh_faces: int = Field(2000, ge=0, description="LIBERO: visual meshes cut to this many "
                                                            "triangles for the cameras (0: stock meshes)")
     msaa: bool = Field(False, description="LIBERO: 4x multisampling, as the stock renderer (slower on CPU)")
-    skip_repeated_forward: bool = Field(True, description="LIBERO: skip robosuite's second MuJoCo forward pass "
-                                        "on an unchanged state in each physics substep (bit-identical episodes)")
+    fast_substeps: bool = Field(True, description="LIBERO: each physics substep as MuJoCo's two-phase step and "
+                                "the arm's controller without robosuite's Python overhead (bit-identical episodes)")
     cached_tasks: int = Field(2, ge=1, le=100, description="LIBERO: live task scenes kept per env slot")
     solvable_layouts_only: bool = Field(False, description="RoboTwin: evaluation and RL skip layouts the expert "
                                         "fails on (SimpleVLA-RL); the metrics list the skipped seeds")

@@ -26,7 +26,8 @@ def run_fingerprint(params: Params) -> str:
     with fsspec.open(str(join(params.paths.sft_model, "model.safetensors")), "rb") as handle:
         weights = hashlib.sha256(handle.read()).hexdigest()
     rl = params.rl.model_dump(exclude={"max_wall_s"})  # a segment's budget, not the run's
-    config = json.dumps({"rl": rl, "env": params.env.model_dump(), "sft": weights},
+    env = params.env.model_dump(exclude={"fast_substeps"})  # bit-identical episodes either way
+    config = json.dumps({"rl": rl, "env": env, "sft": weights},
                         sort_keys=True)
     return hashlib.sha256(config.encode()).hexdigest()
 

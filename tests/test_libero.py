@@ -10,6 +10,7 @@ from svrl_core.data import DatasetError, load_dataset, write_dataset
 from svrl_core.data.libero_hdf5 import read_libero_hdf5
 from svrl_core.envs.libero import LiberoEnv, suites
 from svrl_core.envs.libero.env import NOOP, make_control_env
+from svrl_core.envs.libero.lean_control import LeanArmControl
 from svrl_core.experts.libero import record_demonstration
 
 SOUP = "pick_up_the_alphabet_soup_and_place_it_in_the_basket"
@@ -41,8 +42,9 @@ def test_every_suite_first_task_builds_resets_and_steps(suite):
 def test_cheap_env_keeps_physics_and_success_identical_to_the_stock_env():
     """The expert's actions, replayed in LIBERO's stock OffScreenRenderEnv (hard reset, MSAA,
     full meshes, rendering every step) give the same MuJoCo states and the same success step;
-    so does a second episode in the reused (soft-reset) env. Ours skips robosuite's repeated forward
-    passes (SkipRepeatedForward): the states stay bit-identical."""
+    so does a second episode in the reused (soft-reset) env. Ours splits each substep into MuJoCo's
+    two phases (SplitPhysicsStep) and runs the arm's controller lean (LeanArmControl): the states stay
+    bit-identical."""
     env = LiberoEnv(libero_cfg())
     try:
         env.reset(SOUP, 5)  # an earlier episode in the same scene, so the next reset is a soft one
@@ -54,7 +56,11 @@ def test_cheap_env_keeps_physics_and_success_identical_to_the_stock_env():
         for action in episode.actions:
             result = env.step(action[None])
             ours.append((env.control_env.get_sim_state().copy(), result.success))
-        assert env._sim.forwards.skipped >= 25 * len(episode.actions), "one forward skipped per substep"
+        steps = len(episode.actions)
+        assert env._sim.physics.split >= 25 * steps and env._sim.arm.substeps >= 24 * steps
+        robosuite_env = env._sim.env.env
+        robosuite_env.robots[0].controller.interpolator_pos = object()  # a controller it does not cover
+        assert not LeanArmControl.supports(robosuite_env)
     finally:
         env.close()
     task = suites.find_task("libero_object", SOUP)

@@ -12,7 +12,7 @@ import torch
 from svrl_core.algos.grpo_batch import PromptSampler, collect_mixed_groups
 from svrl_core.algos.grpo_trainer import grpo_update, train_grpo
 from svrl_core.algos.sft import StateNoise, scheduled_lr, sft_loss, train_sft
-from svrl_core.config import ConfigError
+from svrl_core.config import ConfigError, Params
 from svrl_core.data import iterate_chunk_batches
 from svrl_core.policies import ActionTokenizer, new_policy
 from svrl_core.rollout import LocalEnvPool, RolloutStats
@@ -267,6 +267,24 @@ def test_state_of_another_run_is_not_resumed(tiny_params, tiny_dataset, tmp_path
                state_dir=tmp_path / "state", fingerprint="run-b")
     assert [row["iteration"] for row in ran] == [1, 2], "another run's state is ignored"
 
+
+def test_run_fingerprint_names_config_and_weights_but_not_segment_budget_or_bit_identical_speedups(tiny_params,
+                                                                                                  tmp_path):
+    from tasks.rl import run_fingerprint
+
+    (tmp_path / "model.safetensors").write_bytes(b"weights")
+    params = tiny_params.model_copy(update={"paths": tiny_params.paths.model_copy(update={"sft_model": str(tmp_path)})})
+
+    def changed(section: str, **update) -> Params:
+        return params.model_copy(update={section: getattr(params, section).model_copy(update=update)})
+
+    run = run_fingerprint(params)
+    assert run_fingerprint(changed("rl", max_wall_s=60)) == run
+    assert run_fingerprint(changed("env", fast_substeps=not params.env.fast_substeps)) == run
+    assert run_fingerprint(changed("rl", lr=params.rl.lr * 2)) != run
+    assert run_fingerprint(changed("env", max_steps=7)) != run
+    (tmp_path / "model.safetensors").write_bytes(b"other weights")
+    assert run_fingerprint(params) != run
 
 def scripted_batches(monkeypatch, outcomes_per_call):
     """Make rollouts return the given successes, batch after batch."""

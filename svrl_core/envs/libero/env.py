@@ -18,8 +18,9 @@ import numpy as np
 from svrl_core.config import EnvConfig
 from svrl_core.envs.base import Obs, StepResult
 from svrl_core.envs.libero import suites
+from svrl_core.envs.libero.lean_control import LeanArmControl
 from svrl_core.envs.libero.render import CameraRenderer, simplify_render_meshes
-from svrl_core.envs.libero.repeated_forward import SkipRepeatedForward
+from svrl_core.envs.libero.split_step import SplitPhysicsStep
 
 NOOP = np.array([0, 0, 0, 0, 0, 0, -1], dtype=np.float64)  # OSC_POSE delta, gripper open
 CAMERAS = ("agentview", "robot0_eye_in_hand")
@@ -64,13 +65,16 @@ class _TaskSim:
             simplify_render_meshes(model, cfg.render_mesh_faces)
         self.renderer = CameraRenderer(model, cfg.image_size, cfg.image_size, msaa=cfg.msaa)
         self.env.seed(0)  # the official eval seeds once; init states fix everything else
-        self.forwards = SkipRepeatedForward(self.env.sim) if cfg.skip_repeated_forward else None
+        self.physics = SplitPhysicsStep(self.env.sim) if cfg.fast_substeps else None
+        robosuite_env = self.env.env  # under LIBERO's wrapper
+        fast_arm = cfg.fast_substeps and LeanArmControl.supports(robosuite_env)
+        self.arm = LeanArmControl(robosuite_env) if fast_arm else None
 
     def step(self, action: np.ndarray) -> dict:
         """One control step (robosuite's 25 physics substeps) -> robosuite's observation dict."""
-        if self.forwards is None:
+        if self.physics is None:
             return self.env.step(action)[0]
-        return self.forwards.control_step(self.env.step, action)[0]
+        return self.physics.control_step(self.env.step, action)[0]
 
     def reset(self, state: np.ndarray) -> dict:
         self.env.reset()
