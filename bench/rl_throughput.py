@@ -86,15 +86,16 @@ def main() -> None:
     args = parser.parse_args()
     base = load_params(args.params)
     torch.set_num_threads(base.compute.torch_threads)
-    rates = {}
+    rows = {}
     for name, overrides in args.arm or [("as configured", "{}")]:
         params = parse_params(merged(base.model_dump(), json.loads(overrides)), f"arm {name}")
-        row = run_arm(params, args.model, args.iterations)
-        rates[name] = row["mixed_groups"] / row["wall_s"]
-        print(report(name, row), flush=True)
-    first = next(iter(rates))
-    for name, rate in list(rates.items())[1:]:
-        print(f"{name} vs {first}: {rate / rates[first]:.2f}x mixed groups per hour")
+        rows[name] = run_arm(params, args.model, args.iterations)
+        print(report(name, rows[name]), flush=True)
+    first = rows[next(iter(rows))]
+    for name, row in list(rows.items())[1:]:
+        groups = (row["mixed_groups"] / row["wall_s"]) / (first["mixed_groups"] / first["wall_s"])
+        print(f"{name} vs {next(iter(rows))}: {groups:.2f}x mixed groups per hour, "
+              f"{row['rl_steps_per_s'] / first['rl_steps_per_s']:.2f}x RL env steps/s")
 
 
 if __name__ == "__main__":

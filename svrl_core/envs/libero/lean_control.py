@@ -46,7 +46,7 @@ class LeanArmControl:
         self.robot, self.gripper = env.robots[0], env.robots[0].gripper
         sim = env.sim
         self.model, self.data = sim.model._model, sim.data._data
-        controller = self.robot.controller
+        self.controller = controller = self.robot.controller  # renewed at each policy step: a reset makes a new one
         self.eef_site = sim.model.site_name2id(controller.eef_name)
         self.qpos_index = np.array(controller.qpos_index)
         self.qvel_index = np.array(controller.qvel_index)
@@ -64,7 +64,7 @@ class LeanArmControl:
         """robosuite's `_pre_action`: the arm's torques and the gripper's command into `data.ctrl`."""
         if policy_step:
             self._stock_pre_action(action, policy_step)
-            self.controller = self.robot.controller  # a reset makes a new one
+            self.controller = self.robot.controller
             return
         torques = self._run_controller()
         self.robot.torques = np.minimum(np.maximum(torques, self.torque_low), self.torque_high)  # np.clip
