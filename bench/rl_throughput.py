@@ -43,7 +43,8 @@ def merged(base: dict, overrides: dict) -> dict:
 
 def run_arm(params: Params, model: str, iterations: int) -> dict:
     """GRPO iterations on a fresh copy of `model`; totals of the history and the envs' timings."""
-    cfg = params.rl.model_copy(update={"iterations": iterations, "max_idle_iterations": iterations + 1})
+    cfg = params.rl.model_copy(update={"iterations": iterations, "max_idle_iterations": iterations + 1,
+                                       "max_wall_s": None, "curve_every": None})  # rollouts and updates only
     policy = load_policy(model, params.policy)
     with solvable_layouts(params.env) as layouts, env_pool(rl_env_config(params), params.compute) as pool:
         began = time.monotonic()
