@@ -25,13 +25,11 @@ class SplitPhysicsStep:
         self.in_step = False
         self.first_substep = False
         self.fresh = False  # positions and velocities computed since the last integration
-        self.skipped = 0  # repeated forwards skipped
         self.split = 0  # substeps run as mj_step1 + mj_step2
         sim.forward, sim.step = self.forward, self.step
 
     def forward(self) -> None:
-        if self.in_step and self.fresh:
-            self.skipped += 1
+        if self.in_step and self.fresh:  # the controller's repeated forward
             return
         if self.in_step and not self.first_substep:
             self._mujoco.mj_step1(self._model, self._data)
