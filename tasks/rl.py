@@ -21,15 +21,22 @@ from tasks.layouts import solvable_layouts
 from tasks.metrics import engine_overrides
 
 
+# Settings that change how a run is carried out, not what it trains: a run resumes across them.
+NOT_TRAINED = {
+    "rl": {"max_wall_s",  # a segment's budget
+           "checkpoint_every",  # when the state is saved
+           "curve_every", "curve_states"},  # the curve's episodes draw from streams and states of their own
+    "env": {"fast_substeps",  # bit-identical episodes either way
+            "cached_tasks"},  # a soft-reset scene steps bit-identically to a fresh one
+}
+
+
 def run_fingerprint(params: Params) -> str:
-    """Names one RL run: its config and the exact starting weights."""
+    """Names one RL run: the config that decides what it trains, and the exact starting weights."""
     with fsspec.open(str(join(params.paths.sft_model, "model.safetensors")), "rb") as handle:
         weights = hashlib.sha256(handle.read()).hexdigest()
-    rl = params.rl.model_dump(exclude={"max_wall_s"})  # a segment's budget, not the run's
-    env = params.env.model_dump(exclude={"fast_substeps"})  # bit-identical episodes either way
-    config = json.dumps({"rl": rl, "env": env, "sft": weights},
-                        sort_keys=True)
-    return hashlib.sha256(config.encode()).hexdigest()
+    config = {section: getattr(params, section).model_dump(exclude=NOT_TRAINED[section]) for section in NOT_TRAINED}
+    return hashlib.sha256(json.dumps({**config, "sft": weights}, sort_keys=True).encode()).hexdigest()
 
 
 def rl_env_config(params: Params) -> EnvConfig:

@@ -252,6 +252,12 @@ def test_the_learning_curve_measures_greedy_and_sampled_points_and_keeps_the_bes
             assert all(torch.equal(a, b) for a, b in zip(kept.model.parameters(), policy.model.parameters()))
     else:
         assert not (tmp_path / "best").exists()
+    plain = new_policy(tiny_params.policy, tiny_dataset, seed=0)  # the same run without a curve trains the same
+    without = train_grpo(plain, LocalEnvPool(tiny_params.env, 16), list(tiny_params.env.tasks),
+                         cfg.model_copy(update={"curve_every": None}))
+    trained = lambda row: {k: v for k, v in row.items() if not k.startswith("curve") and not k.endswith("_s")}  # noqa: E731
+    assert [trained(row) for row in without] == [trained(row) for row in history]
+    assert all(torch.equal(a, b) for a, b in zip(plain.model.parameters(), policy.model.parameters()))
 
 
 def test_state_of_another_run_is_not_resumed(tiny_params, tiny_dataset, tmp_path):
@@ -268,8 +274,7 @@ def test_state_of_another_run_is_not_resumed(tiny_params, tiny_dataset, tmp_path
     assert [row["iteration"] for row in ran] == [1, 2], "another run's state is ignored"
 
 
-def test_run_fingerprint_names_config_and_weights_but_not_segment_budget_or_bit_identical_speedups(tiny_params,
-                                                                                                  tmp_path):
+def test_run_fingerprint_names_what_is_trained_but_not_how_the_run_is_carried_out(tiny_params, tmp_path):
     from tasks.rl import run_fingerprint
 
     (tmp_path / "model.safetensors").write_bytes(b"weights")
@@ -280,7 +285,8 @@ def test_run_fingerprint_names_config_and_weights_but_not_segment_budget_or_bit_
 
     run = run_fingerprint(params)
     assert run_fingerprint(changed("rl", max_wall_s=60)) == run
-    assert run_fingerprint(changed("env", fast_substeps=not params.env.fast_substeps)) == run
+    assert run_fingerprint(changed("rl", checkpoint_every=7, curve_every=3, curve_states=5)) == run
+    assert run_fingerprint(changed("env", fast_substeps=not params.env.fast_substeps, cached_tasks=9)) == run
     assert run_fingerprint(changed("rl", lr=params.rl.lr * 2)) != run
     assert run_fingerprint(changed("env", max_steps=7)) != run
     (tmp_path / "model.safetensors").write_bytes(b"other weights")
