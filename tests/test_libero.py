@@ -43,8 +43,8 @@ def test_cheap_env_keeps_physics_and_success_identical_to_the_stock_env():
     """The expert's actions, replayed in LIBERO's stock OffScreenRenderEnv (hard reset, MSAA,
     full meshes, rendering every step) give the same MuJoCo states and the same success step;
     so does a second episode in the reused (soft-reset) env. Ours splits each substep into MuJoCo's
-    two phases (SplitPhysicsStep) and runs the arm's controller lean (LeanArmControl): the states stay
-    bit-identical."""
+    two phases (SplitPhysicsStep), runs the arm's controller lean (LeanArmControl) and advances the
+    observables' clocks lean (LeanObservables): the states and observations stay bit-identical."""
     env = LiberoEnv(libero_cfg())
     try:
         env.reset(SOUP, 5)  # an earlier episode in the same scene, so the next reset is a soft one
@@ -55,9 +55,10 @@ def test_cheap_env_keeps_physics_and_success_identical_to_the_stock_env():
         env.reset(SOUP, 3)
         for action in episode.actions:
             result = env.step(action[None])
-            ours.append((env.control_env.get_sim_state().copy(), result.success))
+            ours.append((env.control_env.get_sim_state().copy(), result.success, dict(env.raw_obs)))
         steps = len(episode.actions)
         assert env._sim.physics.split >= 25 * steps and env._sim.arm.substeps >= 24 * steps
+        assert env._sim.observables.skipped >= 23 * steps
         robosuite_env = env._sim.env.env
         robosuite_env.robots[0].controller.interpolator_pos = object()  # a controller it does not cover
         assert not LeanArmControl.supports(robosuite_env)
@@ -71,13 +72,15 @@ def test_cheap_env_keeps_physics_and_success_identical_to_the_stock_env():
         stock.set_init_state(suites.init_state(task, 3))
         for _ in range(suites.SETTLE_STEPS):
             stock.step(NOOP)
-        for (state, success), action in zip(ours, episode.actions):
-            stock.step(action)
+        for (state, success, observation), action in zip(ours, episode.actions):
+            stock_observation = stock.step(action)[0]
             np.testing.assert_array_equal(stock.get_sim_state(), state)
             assert bool(stock.check_success()) == success
+            for key, value in observation.items():  # every non-image observation robosuite returns
+                np.testing.assert_array_equal(stock_observation[key], value, err_msg=key)
     finally:
         stock.close()
-    assert ours[-1][1] and not any(s for _, s in ours[:-1])
+    assert ours[-1][1] and not any(s for _, s, _ in ours[:-1])
 
 
 def test_images_are_upright_and_close_to_the_stock_render():
