@@ -54,8 +54,12 @@ repro: setup  # plain `dvc repro`, with the venv's python first on PATH (dvc.yam
 exps: setup  # DVC experiments side by side: changed params and headline metrics (ARGS: dvc exp show options)
 	$(PY) -m tasks.experiments $(ARGS)
 
+# Two test processes, one file each at a time (a file's tests share module fixtures, in order); the
+# pipeline file, about half the suite, starts first (tests/conftest.py).
+TEST_WORKERS ?= 2
+
 test: setup
-	$(PY) -m pytest -q --durations=20 tests  # the slowest tests, to keep make test under 25 min
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30 tests  # the slowest tests, to keep make test under 25 min
 
 bench: setup
 	$(PY) -m bench.update
