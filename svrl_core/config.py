@@ -57,8 +57,7 @@ class EnvConfig(Section):
                                                            "triangles for the cameras (0: stock meshes)")
     msaa: bool = Field(False, description="LIBERO: 4x multisampling, as the stock renderer (slower on CPU)")
     fast_substeps: bool = Field(True, description="LIBERO: each physics substep as MuJoCo's two-phase step and "
-                                "the arm's controller and the observables' clocks without robosuite's Python "
-                                "overhead (bit-identical episodes)")
+                                "the arm's controller without robosuite's Python overhead (bit-identical episodes)")
     cached_tasks: int = Field(2, ge=1, le=100, description="LIBERO: live task scenes kept per env slot")
     solvable_layouts_only: bool = Field(False, description="RoboTwin: evaluation and RL skip layouts the expert "
                                         "fails on (SimpleVLA-RL); the metrics list the skipped seeds")

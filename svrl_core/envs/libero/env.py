@@ -19,7 +19,6 @@ from svrl_core.config import EnvConfig
 from svrl_core.envs.base import Obs, StepResult
 from svrl_core.envs.libero import suites
 from svrl_core.envs.libero.lean_control import LeanArmControl
-from svrl_core.envs.libero.lean_observables import LeanObservables
 from svrl_core.envs.libero.render import CameraRenderer, simplify_render_meshes
 from svrl_core.envs.libero.split_step import SplitPhysicsStep
 
@@ -70,14 +69,12 @@ class _TaskSim:
         robosuite_env = self.env.env  # under LIBERO's wrapper
         fast_arm = cfg.fast_substeps and LeanArmControl.supports(robosuite_env)
         self.arm = LeanArmControl(robosuite_env) if fast_arm else None
-        self.observables = LeanObservables(robosuite_env) if cfg.fast_substeps else None
 
     def step(self, action: np.ndarray) -> dict:
         """One control step (robosuite's 25 physics substeps) -> robosuite's observation dict."""
         if self.physics is None:
             return self.env.step(action)[0]
-        with self.observables.control_step():
-            return self.physics.control_step(self.env.step, action)[0]
+        return self.physics.control_step(self.env.step, action)[0]
 
     def reset(self, state: np.ndarray) -> dict:
         self.env.reset()
